@@ -3,5 +3,6 @@
 //! - [`proto`]: the SMX/1.1 messages, pure and sans-IO.
 //! - [`framing`]: bounded line framing over any byte stream.
 
+pub mod config;
 pub mod framing;
 pub mod proto;

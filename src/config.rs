@@ -1,0 +1,728 @@
+//! Configuration: the runtime registry, OS security profiles, the owner map and host settings.
+//!
+//! smx always starts from an embedded default (`src/embedded.toml`); a config file extends it.
+//! Values are checked while they are deserialized, so every error carries the file, line,
+//! column and key of the offending text.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::proto::Profile;
+
+/// The embedded default configuration.
+pub const EMBEDDED: &str = include_str!("embedded.toml");
+
+/// A configuration error, naming where in which file it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        origin: String,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// How a runtime talks SMX (RFC 3179 section 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// The runtime's stdin/stdout (section 8.1), the preferred transport.
+    Pipe,
+    /// The runtime connects back to a loopback listener and proves a cookie (section 8.2).
+    Tcp,
+}
+
+/// Whether one runtime process serves many runs (RFC 3179 section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Threading {
+    Multi,
+    Single,
+}
+
+/// How a TCP runtime learns its cookie (RFC 3179 section 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CookieDelivery {
+    /// A pipe inherited as fd `SMX_COOKIE_FD` holding the hex cookie (the default).
+    Fd,
+    /// The environment variable `SMX_COOKIE`, for RFC 2593-era runtimes. Other local users
+    /// may be able to read a process environment, which is why it is opt-in.
+    Env,
+}
+
+/// One language runtime the host can start.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSpec {
+    pub name: RuntimeName,
+    #[serde(default)]
+    pub description: String,
+    pub command: Argv,
+    #[serde(default = "default_transport")]
+    pub transport: Transport,
+    #[serde(default = "default_threading")]
+    pub threading: Threading,
+    #[serde(default)]
+    pub extensions: Vec<Extension>,
+    #[serde(default = "default_profiles")]
+    pub profiles: ProfileList,
+    #[serde(default)]
+    pub cookie: Option<CookieDelivery>,
+}
+
+fn default_transport() -> Transport {
+    Transport::Pipe
+}
+fn default_threading() -> Threading {
+    Threading::Multi
+}
+fn default_profiles() -> ProfileList {
+    ProfileList(vec!["default".parse().expect("valid profile")])
+}
+
+impl RuntimeSpec {
+    /// The profile used when nobody names one: the first of `profiles`.
+    pub fn default_profile(&self) -> &Profile {
+        &self.profiles.0[0]
+    }
+
+    pub fn accepts_profile(&self, p: &Profile) -> bool {
+        self.profiles.0.contains(p)
+    }
+
+    pub fn cookie_delivery(&self) -> CookieDelivery {
+        self.cookie.unwrap_or(CookieDelivery::Fd)
+    }
+}
+
+macro_rules! checked_string {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                let check: fn(&str) -> bool = $check;
+                if check(&s) {
+                    Ok($name(s))
+                } else {
+                    Err(serde::de::Error::custom(format!(concat!("invalid ", $what, " {:?}"), s)))
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+checked_string!(
+    /// A runtime or OS profile name: 1-64 of `A-Z a-z 0-9 - _ .`.
+    RuntimeName,
+    "name (use 1-64 of A-Z a-z 0-9 - _ .)",
+    is_name
+);
+
+checked_string!(
+    /// A script file extension without the dot, e.g. `py`.
+    Extension,
+    "extension (letters and digits, without the dot)",
+    |s| !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+);
+
+/// A non-empty argv.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Argv(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Argv {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Vec::<String>::deserialize(d)?;
+        if v.is_empty() || v[0].is_empty() {
+            return Err(serde::de::Error::custom("command must name a program"));
+        }
+        if v.iter().any(|a| a.contains('\0')) {
+            return Err(serde::de::Error::custom("command must not contain NUL"));
+        }
+        Ok(Argv(v))
+    }
+}
+
+/// A non-empty list of runtime security profile names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileList(pub Vec<Profile>);
+
+impl<'de> Deserialize<'de> for ProfileList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Vec::<Profile>::deserialize(d)?;
+        if v.is_empty() {
+            return Err(serde::de::Error::custom("a runtime needs at least one profile"));
+        }
+        Ok(ProfileList(v))
+    }
+}
+
+/// A user or group: a name looked up in the system database, or a numeric id.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum IdRef {
+    Id(u32),
+    Name(String),
+}
+
+impl fmt::Display for IdRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdRef::Id(n) => write!(f, "{n}"),
+            IdRef::Name(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A resource limit value: a number, a size like `"512M"`, or `"unlimited"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit(pub Option<u64>);
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Limit(Some(n))),
+            Raw::S(s) => parse_limit(&s).map(Limit).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid limit {s:?}: use a number, a size such as \"512M\", or \"unlimited\""
+                ))
+            }),
+        }
+    }
+}
+
+fn parse_limit(s: &str) -> Option<Option<u64>> {
+    if s == "unlimited" || s == "infinity" {
+        return Some(None);
+    }
+    let (digits, mult) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 1u64 << 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 1 << 20),
+        b'G' | b'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(mult).map(Some)
+}
+
+/// Resource limits for a runtime process (setrlimit, soft = hard).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimits {
+    /// RLIMIT_NOFILE: open files.
+    pub nofile: Option<Limit>,
+    /// RLIMIT_CPU: CPU seconds.
+    pub cpu: Option<Limit>,
+    /// RLIMIT_AS: address space in bytes.
+    #[serde(rename = "as")]
+    pub address_space: Option<Limit>,
+    /// RLIMIT_NPROC: processes of the user.
+    pub nproc: Option<Limit>,
+    /// RLIMIT_CORE: core file size.
+    pub core: Option<Limit>,
+    /// RLIMIT_FSIZE: largest file the runtime may write.
+    pub fsize: Option<Limit>,
+    /// RLIMIT_DATA: data segment size.
+    pub data: Option<Limit>,
+    /// RLIMIT_STACK: stack size.
+    pub stack: Option<Limit>,
+}
+
+/// An octal file mode creation mask such as `"077"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Umask(pub u32);
+
+impl<'de> Deserialize<'de> for Umask {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match u32::from_str_radix(&s, 8) {
+            Ok(m) if m <= 0o777 && !s.is_empty() => Ok(Umask(m)),
+            _ => Err(serde::de::Error::custom(format!(
+                "invalid umask {s:?}: use an octal string such as \"077\""
+            ))),
+        }
+    }
+}
+
+/// An operating-system security profile (RFC 3179 section 3).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsProfileSpec {
+    pub name: RuntimeName,
+    /// The user the runtime runs as. Required: running as the host's own identity must be
+    /// said explicitly (for example `user = "root"`).
+    pub user: IdRef,
+    /// The primary group; defaults to the user's primary group.
+    #[serde(default)]
+    pub group: Option<IdRef>,
+    /// Supplementary groups; default none.
+    #[serde(default)]
+    pub groups: Vec<IdRef>,
+    #[serde(default)]
+    pub chroot: Option<AbsPath>,
+    /// Where the script storage is visible inside `chroot`, if it is bind-mounted there
+    /// rather than lying inside the root.
+    #[serde(default)]
+    pub chroot_storage: Option<AbsPath>,
+    #[serde(default)]
+    pub rlimits: Rlimits,
+    #[serde(default)]
+    pub umask: Option<Umask>,
+    /// Environment variables added to the runtime's otherwise clean environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// An absolute path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbsPath(pub PathBuf);
+
+impl<'de> Deserialize<'de> for AbsPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let p = PathBuf::from(&s);
+        if !p.is_absolute() || s.contains('\0') {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} must be an absolute path"
+            )));
+        }
+        Ok(AbsPath(p))
+    }
+}
+
+/// The mapping of an smLaunchOwner to its profiles (RFC 3179 section 3).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerSpec {
+    /// The smLaunchOwner, or `*` for every owner without an entry of its own.
+    pub name: String,
+    pub os_profile: String,
+    pub runtime_profile: Profile,
+}
+
+/// Durations written as `"10s"`, `"500ms"`, `"2m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {s:?} ({e}): use e.g. \"10s\""))
+        })
+    }
+}
+
+/// Host-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSettings {
+    /// The script storage directory (the agent writes, runtimes read).
+    pub storage: Option<PathBuf>,
+    /// How long a runtime may take to start and answer `hello` (RFC 3179 section 6.2.2).
+    pub hello_timeout: Duration,
+    /// How long a runtime may take to answer any other command (sections 6.2.3-6.2.7).
+    pub command_timeout: Duration,
+    /// How long an idle multi-threaded runtime is kept before its pipe is closed.
+    pub idle_timeout: Duration,
+    /// How long a runtime has to exit once its connection is closed before it is killed.
+    pub shutdown_grace: Duration,
+    /// Most runs that may be active (not terminated) at once.
+    pub max_active_runs: usize,
+    /// Most terminated runs kept; beyond it the oldest are removed before their expire time.
+    pub max_finished_runs: usize,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        HostSettings {
+            storage: None,
+            hello_timeout: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
+            max_active_runs: 1024,
+            max_finished_runs: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostSection {
+    storage: Option<AbsPath>,
+    hello_timeout: Option<Dur>,
+    command_timeout: Option<Dur>,
+    idle_timeout: Option<Dur>,
+    shutdown_grace: Option<Dur>,
+    max_active_runs: Option<usize>,
+    max_finished_runs: Option<usize>,
+}
+
+/// Settings of the daemon's control socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSettings {
+    pub socket: Option<AbsPath>,
+    /// Members of this group may act for any owner, like root.
+    pub admin_group: Option<IdRef>,
+    /// Group that owns the socket (mode 0660), so non-admin local users can connect.
+    pub socket_group: Option<IdRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    runtime: Vec<Spanned<RuntimeSpec>>,
+    #[serde(default)]
+    os_profile: Vec<Spanned<OsProfileSpec>>,
+    #[serde(default)]
+    owner: Vec<Spanned<OwnerSpec>>,
+    #[serde(default)]
+    host: HostSection,
+    #[serde(default)]
+    control: ControlSettings,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file that extended the embedded default, if any.
+    pub source: Option<PathBuf>,
+    pub host: HostSettings,
+    /// Runtimes in registry order (embedded first, replaced in place, then new ones).
+    pub runtimes: Vec<Arc<Registered>>,
+    pub os_profiles: BTreeMap<String, Arc<OsProfileSpec>>,
+    pub owners: BTreeMap<String, OwnerSpec>,
+    pub control: ControlSettings,
+}
+
+/// A runtime as registered, with the directory its placeholders refer to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub spec: RuntimeSpec,
+    /// `{config_dir}`: the directory of the file that defined it (`None` if embedded).
+    pub config_dir: Option<PathBuf>,
+}
+
+impl std::ops::Deref for Registered {
+    type Target = RuntimeSpec;
+    fn deref(&self) -> &RuntimeSpec {
+        &self.spec
+    }
+}
+
+impl Config {
+    /// The embedded default alone.
+    pub fn embedded() -> Config {
+        let mut c = Config {
+            source: None,
+            host: HostSettings::default(),
+            runtimes: Vec::new(),
+            os_profiles: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            control: ControlSettings::default(),
+        };
+        c.extend(EMBEDDED, "<embedded>", None)
+            .expect("the embedded configuration is valid");
+        c
+    }
+
+    /// The embedded default extended by the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut c = Config::embedded();
+        let dir = path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned()));
+        c.extend(&text, &path.display().to_string(), dir)?;
+        c.source = Some(path.to_owned());
+        Ok(c)
+    }
+
+    /// The embedded default, extended by `path` if given.
+    pub fn load_optional(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(p) => Config::load(p),
+            None => Ok(Config::embedded()),
+        }
+    }
+
+    /// Extends this configuration with the TOML `text` from `origin`.
+    pub fn extend(
+        &mut self,
+        text: &str,
+        origin: &str,
+        config_dir: Option<PathBuf>,
+    ) -> Result<(), ConfigError> {
+        let err = |span: Option<std::ops::Range<usize>>, message: String| {
+            located(text, origin, span, message)
+        };
+        let file: File = toml::from_str(text).map_err(|e| err(e.span(), e.message().to_owned()))?;
+
+        let mut seen = HashSet::new();
+        for r in file.runtime {
+            let span = r.span();
+            let spec = r.into_inner();
+            if !seen.insert(spec.name.clone()) {
+                return Err(err(Some(span), format!("runtime {:?} is defined twice", spec.name.0)));
+            }
+            if spec.cookie.is_some() && spec.transport != Transport::Tcp {
+                return Err(err(Some(span), "`cookie` only applies to transport = \"tcp\"".into()));
+            }
+            let reg = Arc::new(Registered {
+                spec,
+                config_dir: config_dir.clone(),
+            });
+            match self.runtimes.iter_mut().find(|x| x.name == reg.name) {
+                Some(slot) => *slot = reg,
+                None => self.runtimes.push(reg),
+            }
+        }
+
+        for p in file.os_profile {
+            let span = p.span();
+            let spec = p.into_inner();
+            if spec.chroot_storage.is_some() && spec.chroot.is_none() {
+                return Err(err(Some(span), "`chroot_storage` needs `chroot`".into()));
+            }
+            if self.os_profiles.insert(spec.name.0.clone(), Arc::new(spec)).is_some() {
+                return Err(err(Some(span), "os_profile is defined twice".into()));
+            }
+        }
+
+        for o in file.owner {
+            let span = o.span();
+            let spec = o.into_inner();
+            if spec.name.is_empty() || spec.name.len() > 32 {
+                return Err(err(Some(span), "owner name must be 1-32 octets (smLaunchOwner)".into()));
+            }
+            if !self.os_profiles.contains_key(&spec.os_profile) {
+                return Err(err(
+                    Some(span),
+                    format!("owner {:?} names unknown os_profile {:?}", spec.name, spec.os_profile),
+                ));
+            }
+            if self.owners.insert(spec.name.clone(), spec).is_some() {
+                return Err(err(Some(span), "owner is defined twice".into()));
+            }
+        }
+
+        let h = file.host;
+        let d = &mut self.host;
+        if let Some(v) = h.storage {
+            d.storage = Some(v.0);
+        }
+        for (src, dst) in [
+            (h.hello_timeout, &mut d.hello_timeout),
+            (h.command_timeout, &mut d.command_timeout),
+            (h.idle_timeout, &mut d.idle_timeout),
+            (h.shutdown_grace, &mut d.shutdown_grace),
+        ] {
+            if let Some(v) = src {
+                *dst = v.0;
+            }
+        }
+        if let Some(v) = h.max_active_runs {
+            d.max_active_runs = v;
+        }
+        if let Some(v) = h.max_finished_runs {
+            d.max_finished_runs = v;
+        }
+        if file.control != ControlSettings::default() {
+            self.control = file.control;
+        }
+        Ok(())
+    }
+
+    pub fn runtime(&self, name: &str) -> Option<&Arc<Registered>> {
+        self.runtimes.iter().find(|r| r.name.0 == name)
+    }
+
+    /// The runtime registered for the extension of `script`, if any.
+    pub fn runtime_for_extension(&self, script: &Path) -> Option<&Arc<Registered>> {
+        let ext = script.extension()?.to_str()?;
+        self.runtimes
+            .iter()
+            .find(|r| r.extensions.iter().any(|e| e.eq_ignore_ascii_case(ext)))
+    }
+
+    /// The profiles an owner maps to: its own entry, else the `*` entry, else none.
+    pub fn owner(&self, owner: &str) -> Option<(&OwnerSpec, &Arc<OsProfileSpec>)> {
+        let o = self.owners.get(owner).or_else(|| self.owners.get("*"))?;
+        Some((o, self.os_profiles.get(&o.os_profile)?))
+    }
+}
+
+/// Builds an error that names the file, line, column and the key at `span`.
+fn located(
+    text: &str,
+    origin: &str,
+    span: Option<std::ops::Range<usize>>,
+    message: String,
+) -> ConfigError {
+    let at = span.map_or(0, |s| s.start.min(text.len()));
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    ConfigError::Invalid {
+        origin: origin.to_owned(),
+        line,
+        column,
+        key: key_at(text, at),
+        message,
+    }
+}
+
+/// The dotted key at byte offset `at`: the last table header above it plus the key on its line.
+fn key_at(text: &str, at: usize) -> String {
+    let mut table = String::new();
+    let mut key = String::new();
+    let mut offset = 0;
+    for raw in text.split_inclusive('\n') {
+        let line = raw.trim();
+        if offset > at {
+            break;
+        }
+        if line.starts_with('[') {
+            table = line.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+            key.clear();
+        } else if let Some((k, _)) = line.split_once('=') {
+            if !line.starts_with('#') {
+                key = k.trim().trim_matches('"').to_owned();
+            }
+        } else if offset + raw.len() <= at {
+            key.clear();
+        }
+        offset += raw.len();
+    }
+    match (table.is_empty(), key.is_empty()) {
+        (true, true) => "(top level)".to_owned(),
+        (true, false) => key,
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extend(text: &str) -> Result<Config, ConfigError> {
+        let mut c = Config::embedded();
+        c.extend(text, "test.toml", None).map(|()| c)
+    }
+
+    #[test]
+    fn embedded_config_is_valid() {
+        let c = Config::embedded();
+        assert_eq!(c.runtime("exec").unwrap().default_profile().as_str(), "trusted");
+        assert_eq!(
+            c.runtime_for_extension(Path::new("x.PY")).unwrap().name.0,
+            "python"
+        );
+    }
+
+    #[test]
+    fn file_replaces_runtime_of_same_name_and_keeps_others() {
+        let c = extend(
+            "[[runtime]]\nname = \"python\"\ncommand = [\"/opt/py\"]\nextensions = [\"py\"]\n\n\
+             [[runtime]]\nname = \"lua\"\ncommand = [\"lua\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.runtime("python").unwrap().command.0, vec!["/opt/py"]);
+        assert!(c.runtime("exec").is_some());
+        assert_eq!(c.runtime("lua").unwrap().default_profile().as_str(), "default");
+        assert_eq!(c.runtimes.iter().filter(|r| r.name.0 == "python").count(), 1);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = extend("[[runtime]]\nname = \"x\"\ncommand = [\"a\"]\ntransport = \"tpc\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("test.toml:4:"), "{e}");
+        assert!(e.contains("runtime.transport"), "{e}");
+
+        let e = extend("[[runtime]]\nname = \"x\"\ncommand = [\"a\"]\ncolour = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("test.toml:4:") && e.contains("colour"), "{e}");
+
+        let e = extend("[host]\ncommand_timeout = \"soon\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:2:") && e.contains("host.command_timeout"), "{e}");
+
+        let e = extend("[[owner]]\nname = \"noc\"\nos_profile = \"nope\"\nruntime_profile = \"r\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown os_profile"), "{e}");
+
+        let e = extend("[[runtime]]\nname = \"x\"\ncommand = [\"a\"]\nprofiles = [\"a b\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid profile name") && e.contains("runtime.profiles"), "{e}");
+    }
+
+    #[test]
+    fn os_profile_limits_and_umask() {
+        let c = extend(
+            "[[os_profile]]\nname = \"ops\"\nuser = \"nobody\"\numask = \"027\"\n\
+             rlimits = { nofile = 256, as = \"512M\", cpu = \"unlimited\" }\n",
+        )
+        .unwrap();
+        let p = &c.os_profiles["ops"];
+        assert_eq!(p.umask, Some(Umask(0o27)));
+        assert_eq!(p.rlimits.address_space, Some(Limit(Some(512 << 20))));
+        assert_eq!(p.rlimits.cpu, Some(Limit(None)));
+        assert!(extend("[[os_profile]]\nname = \"x\"\nuser = 1\nrlimits = { nofile = \"lots\" }\n").is_err());
+        assert!(extend("[[os_profile]]\nname = \"x\"\n").is_err(), "user is required");
+    }
+}
