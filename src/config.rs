@@ -147,7 +147,8 @@ macro_rules! checked_string {
 fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 checked_string!(
@@ -189,7 +190,9 @@ impl<'de> Deserialize<'de> for ProfileList {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = Vec::<Profile>::deserialize(d)?;
         if v.is_empty() {
-            return Err(serde::de::Error::custom("a runtime needs at least one profile"));
+            return Err(serde::de::Error::custom(
+                "a runtime needs at least one profile",
+            ));
         }
         Ok(ProfileList(v))
     }
@@ -480,7 +483,13 @@ impl Config {
         let mut c = Config::embedded();
         let dir = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned()));
         c.extend(&text, &path.display().to_string(), dir)?;
         c.source = Some(path.to_owned());
@@ -512,10 +521,16 @@ impl Config {
             let span = r.span();
             let spec = r.into_inner();
             if !seen.insert(spec.name.clone()) {
-                return Err(err(Some(span), format!("runtime {:?} is defined twice", spec.name.0)));
+                return Err(err(
+                    Some(span),
+                    format!("runtime {:?} is defined twice", spec.name.0),
+                ));
             }
             if spec.cookie.is_some() && spec.transport != Transport::Tcp {
-                return Err(err(Some(span), "`cookie` only applies to transport = \"tcp\"".into()));
+                return Err(err(
+                    Some(span),
+                    "`cookie` only applies to transport = \"tcp\"".into(),
+                ));
             }
             let reg = Arc::new(Registered {
                 spec,
@@ -533,7 +548,11 @@ impl Config {
             if spec.chroot_storage.is_some() && spec.chroot.is_none() {
                 return Err(err(Some(span), "`chroot_storage` needs `chroot`".into()));
             }
-            if self.os_profiles.insert(spec.name.0.clone(), Arc::new(spec)).is_some() {
+            if self
+                .os_profiles
+                .insert(spec.name.0.clone(), Arc::new(spec))
+                .is_some()
+            {
                 return Err(err(Some(span), "os_profile is defined twice".into()));
             }
         }
@@ -542,12 +561,18 @@ impl Config {
             let span = o.span();
             let spec = o.into_inner();
             if spec.name.is_empty() || spec.name.len() > 32 {
-                return Err(err(Some(span), "owner name must be 1-32 octets (smLaunchOwner)".into()));
+                return Err(err(
+                    Some(span),
+                    "owner name must be 1-32 octets (smLaunchOwner)".into(),
+                ));
             }
             if !self.os_profiles.contains_key(&spec.os_profile) {
                 return Err(err(
                     Some(span),
-                    format!("owner {:?} names unknown os_profile {:?}", spec.name, spec.os_profile),
+                    format!(
+                        "owner {:?} names unknown os_profile {:?}",
+                        spec.name, spec.os_profile
+                    ),
                 ));
             }
             if self.owners.insert(spec.name.clone(), spec).is_some() {
@@ -601,6 +626,24 @@ impl Config {
     }
 }
 
+/// The directory holding the runtimes that ship with smx (`{runtimes}` in a command):
+/// `$SMX_RUNTIMES`, else `<prefix>/share/smx/runtimes` next to the executable, else the
+/// `runtimes/` directory of the source tree the executable was built from.
+pub fn runtimes_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SMX_RUNTIMES") {
+        return PathBuf::from(d);
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(bin) = exe.parent()
+    {
+        let installed = bin.join("../share/smx/runtimes");
+        if installed.is_dir() {
+            return installed;
+        }
+    }
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/runtimes"))
+}
+
 /// Builds an error that names the file, line, column and the key at `span`.
 fn located(
     text: &str,
@@ -633,7 +676,10 @@ fn key_at(text: &str, at: usize) -> String {
             break;
         }
         if line.starts_with('[') {
-            table = line.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+            table = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned();
             key.clear();
         } else if let Some((k, _)) = line.split_once('=') {
             if !line.starts_with('#') {
@@ -664,7 +710,10 @@ mod tests {
     #[test]
     fn embedded_config_is_valid() {
         let c = Config::embedded();
-        assert_eq!(c.runtime("exec").unwrap().default_profile().as_str(), "trusted");
+        assert_eq!(
+            c.runtime("exec").unwrap().default_profile().as_str(),
+            "trusted"
+        );
         assert_eq!(
             c.runtime_for_extension(Path::new("x.PY")).unwrap().name.0,
             "python"
@@ -680,8 +729,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.runtime("python").unwrap().command.0, vec!["/opt/py"]);
         assert!(c.runtime("exec").is_some());
-        assert_eq!(c.runtime("lua").unwrap().default_profile().as_str(), "default");
-        assert_eq!(c.runtimes.iter().filter(|r| r.name.0 == "python").count(), 1);
+        assert_eq!(
+            c.runtime("lua").unwrap().default_profile().as_str(),
+            "default"
+        );
+        assert_eq!(
+            c.runtimes.iter().filter(|r| r.name.0 == "python").count(),
+            1
+        );
     }
 
     #[test]
@@ -697,18 +752,27 @@ mod tests {
             .to_string();
         assert!(e.starts_with("test.toml:4:") && e.contains("colour"), "{e}");
 
-        let e = extend("[host]\ncommand_timeout = \"soon\"\n").unwrap_err().to_string();
-        assert!(e.starts_with("test.toml:2:") && e.contains("host.command_timeout"), "{e}");
-
-        let e = extend("[[owner]]\nname = \"noc\"\nos_profile = \"nope\"\nruntime_profile = \"r\"\n")
+        let e = extend("[host]\ncommand_timeout = \"soon\"\n")
             .unwrap_err()
             .to_string();
+        assert!(
+            e.starts_with("test.toml:2:") && e.contains("host.command_timeout"),
+            "{e}"
+        );
+
+        let e =
+            extend("[[owner]]\nname = \"noc\"\nos_profile = \"nope\"\nruntime_profile = \"r\"\n")
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("unknown os_profile"), "{e}");
 
         let e = extend("[[runtime]]\nname = \"x\"\ncommand = [\"a\"]\nprofiles = [\"a b\"]\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("invalid profile name") && e.contains("runtime.profiles"), "{e}");
+        assert!(
+            e.contains("invalid profile name") && e.contains("runtime.profiles"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -722,7 +786,13 @@ mod tests {
         assert_eq!(p.umask, Some(Umask(0o27)));
         assert_eq!(p.rlimits.address_space, Some(Limit(Some(512 << 20))));
         assert_eq!(p.rlimits.cpu, Some(Limit(None)));
-        assert!(extend("[[os_profile]]\nname = \"x\"\nuser = 1\nrlimits = { nofile = \"lots\" }\n").is_err());
-        assert!(extend("[[os_profile]]\nname = \"x\"\n").is_err(), "user is required");
+        assert!(
+            extend("[[os_profile]]\nname = \"x\"\nuser = 1\nrlimits = { nofile = \"lots\" }\n")
+                .is_err()
+        );
+        assert!(
+            extend("[[os_profile]]\nname = \"x\"\n").is_err(),
+            "user is required"
+        );
     }
 }

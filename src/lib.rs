@@ -2,7 +2,16 @@
 //!
 //! - [`proto`]: the SMX/1.1 messages, pure and sans-IO.
 //! - [`framing`]: bounded line framing over any byte stream.
+//! - [`config`]: the runtime registry, OS profiles and owner map.
+//! - [`host`]: the supervisor and run table (RFC 3179 section 6.2).
+//! - [`security`]: OS security profiles applied to runtime processes.
+//! - [`storage`]: the script storage the host writes and runtimes read.
+//! - [`exec`]: the built-in runtime for executable files.
 
 pub mod config;
+pub mod exec;
 pub mod framing;
+pub mod host;
 pub mod proto;
+pub mod security;
+pub mod storage;

@@ -106,6 +106,39 @@ impl From<Vec<u8>> for Octets {
     }
 }
 
+/// JSON shape used by `--json` and the control API: a string when the octets are UTF-8,
+/// otherwise `{"hex": "..."}`, so no byte is ever lost or mangled.
+impl serde::Serialize for Octets {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self.as_str() {
+            Some(text) => s.serialize_str(text),
+            None => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("hex", &hex::encode_upper(&self.0))?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Octets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Text(String),
+            Hex { hex: String },
+        }
+        match Repr::deserialize(d)? {
+            Repr::Text(t) => Ok(Octets(t.into_bytes())),
+            Repr::Hex { hex } => hex::decode(&hex)
+                .map(Octets)
+                .map_err(|e| serde::de::Error::custom(format!("invalid hex: {e}"))),
+        }
+    }
+}
+
 /// Octets a `QuotedString` can carry: VCHAR and WSP literally, CR and LF as escapes.
 pub(crate) fn quotable(b: u8) -> bool {
     matches!(b, 0x20..=0x7e | b'\t' | b'\n' | b'\r')
@@ -262,6 +295,19 @@ mod tests {
         assert!(Script::new("/var/x y.tcl").is_ok());
         assert_eq!(Script::new(b"a\x01".to_vec()).unwrap_err().at, 1);
         assert_eq!(Quoted::lossy(b"a\x01").as_bytes(), b"a\\x01");
+    }
+
+    #[test]
+    fn json_is_text_or_hex() {
+        let t = Octets::from("hé");
+        let b = Octets::new(vec![0xff, 0]);
+        assert_eq!(serde_json::to_string(&t).unwrap(), r#""hé""#);
+        assert_eq!(serde_json::to_string(&b).unwrap(), r#"{"hex":"FF00"}"#);
+        assert_eq!(
+            serde_json::from_str::<Octets>(r#"{"hex":"ff00"}"#).unwrap(),
+            b
+        );
+        assert_eq!(serde_json::from_str::<Octets>(r#""hé""#).unwrap(), t);
     }
 
     #[test]

@@ -1,0 +1,779 @@
+//! The `exec` runtime: runs executable files (shell scripts with a shebang, binaries).
+//!
+//! It is part of the `smx` binary (`smx exec-runtime`) but the host starts it like any other
+//! runtime, as a separate process speaking SMX/1.1 on stdin/stdout (RFC 3179 section 6.1).
+//! Each run is a child process in its own process group, so suspend (SIGSTOP), resume
+//! (SIGCONT) and abort (SIGTERM, then SIGKILL after a grace period) reach the whole tree.
+//!
+//! What a script sees (documented in the README):
+//! - the Argument as `$1` (when it has no NUL octet and is not empty) and, octet for octet,
+//!   on its stdin;
+//! - `SMX_RUN_ID`, `SMX_PROFILE`, `SMX_SCRIPT` and `SMX_REPORT_FD=3` in its environment;
+//! - fd 3, where it writes report lines: `result TEXT`, `event TEXT`, `error TEXT`,
+//!   `exception TEXT` (532, 533, 536, 537), or `result-hex HEX` and so on for binary values.
+//!
+//! Its final result is its stdout (one trailing newline removed, at most 65535 octets) if it
+//! wrote any, else the last `result`/`event` it reported. Its error text is the last line it
+//! wrote to stderr. See [`exit_code_for`] for how it ends up with an ExitCode.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::{CommandExt as _, ExitStatusExt};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::framing::{DEFAULT_MAX_LINE, Frame, LineReader};
+use crate::proto::{
+    Command, ExitCode, Id, MAX_RESULT_OCTETS, Negative, Octets, Profile, Quoted, Reply, RunId,
+    RunState, Version,
+};
+
+/// The fd number scripts write their reports to.
+pub const REPORT_FD: i32 = 3;
+
+/// Options of `smx exec-runtime`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Runtime security profiles this runtime accepts (it has no sandbox of its own, so
+    /// every profile means the same; unknown ones get 432).
+    pub profiles: Vec<Profile>,
+    /// Time between SIGTERM and SIGKILL when aborting.
+    pub grace: Duration,
+}
+
+/// How a finished script maps to an ExitCode (the table in the README).
+///
+/// | how it ended | ExitCode |
+/// |---|---|
+/// | exit status 0 | noError |
+/// | killed after an `abort` | halted |
+/// | exit status 64 (EX_USAGE) or 65 (EX_DATAERR) | invalidArgument |
+/// | exit status 77 (EX_NOPERM) | securityViolation |
+/// | exit status 71 (EX_OSERR), killed by SIGXCPU or SIGXFSZ | noResourcesLeft |
+/// | exit status 2 with "syntax error" on stderr (shells) | languageError |
+/// | any other exit status, any other signal | runtimeError |
+pub fn exit_code_for(
+    status: std::process::ExitStatus,
+    aborted: bool,
+    stderr_tail: &str,
+) -> ExitCode {
+    if aborted {
+        return ExitCode::Halted;
+    }
+    match (status.code(), status.signal()) {
+        (Some(0), _) => ExitCode::NoError,
+        (Some(64 | 65), _) => ExitCode::InvalidArgument,
+        (Some(77), _) => ExitCode::SecurityViolation,
+        (Some(71), _) => ExitCode::NoResourcesLeft,
+        (Some(2), _) if stderr_tail.to_ascii_lowercase().contains("syntax error") => {
+            ExitCode::LanguageError
+        }
+        (None, Some(libc::SIGXCPU | libc::SIGXFSZ)) => ExitCode::NoResourcesLeft,
+        _ => ExitCode::RuntimeError,
+    }
+}
+
+/// How a script that could not be executed at all maps to an ExitCode.
+fn exit_code_for_exec_error(e: &io::Error) -> ExitCode {
+    match e.raw_os_error() {
+        Some(libc::ENOEXEC) => ExitCode::LanguageError,
+        Some(libc::EACCES | libc::EPERM) => ExitCode::SecurityViolation,
+        Some(libc::ENOMEM | libc::EAGAIN | libc::EMFILE | libc::ENFILE) => {
+            ExitCode::NoResourcesLeft
+        }
+        _ => ExitCode::GenericError,
+    }
+}
+
+type Out = mpsc::UnboundedSender<Vec<u8>>;
+
+fn send(out: &Out, r: Reply) {
+    let _ = out.send(r.to_bytes());
+}
+
+enum Ctl {
+    Suspend(Id),
+    Resume(Id),
+    Abort(Id),
+}
+
+struct RunSlot {
+    state: Arc<Mutex<RunState>>,
+    ctl: mpsc::UnboundedSender<Ctl>,
+}
+
+/// Serves SMX on stdin/stdout until stdin closes, then aborts every run and returns.
+pub async fn serve(opts: Options) -> io::Result<()> {
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        let mut stdout = stdio_out();
+        while let Some(mut buf) = out_rx.recv().await {
+            // Coalesce what is queued into one write.
+            while let Ok(more) = out_rx.try_recv() {
+                buf.extend_from_slice(&more);
+            }
+            if stdout.write_all(&buf).await.is_err() || stdout.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let runs: Arc<Mutex<HashMap<RunId, RunSlot>>> = Arc::default();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<RunId>();
+    let mut input = LineReader::new(stdio_in(), DEFAULT_MAX_LINE);
+    loop {
+        tokio::select! {
+            frame = input.next() => {
+                let line = match frame {
+                    Ok(Some(Frame::Line(l))) => l,
+                    Ok(Some(Frame::Overlong)) => {
+                        send(&out_tx, Reply::Message { text: Quoted::lossy(b"over-long line discarded") });
+                        continue;
+                    }
+                    Ok(None) | Err(_) => break,
+                };
+                handle(&line, &opts, &runs, &out_tx, &done_tx);
+            }
+            Some(run) = done_rx.recv() => {
+                runs.lock().expect("runs lock").remove(&run);
+            }
+        }
+    }
+    // Stdin closed: the host asks us to terminate every run and exit (RFC 3179 5.2).
+    let slots: Vec<(RunId, mpsc::UnboundedSender<Ctl>)> = runs
+        .lock()
+        .expect("runs lock")
+        .iter()
+        .map(|(r, s)| (*r, s.ctl.clone()))
+        .collect();
+    let pending = slots.len();
+    for (_, ctl) in slots {
+        let _ = ctl.send(Ctl::Abort(Id(0)));
+    }
+    let mut ended = 0;
+    let deadline = tokio::time::Instant::now() + opts.grace + Duration::from_secs(5);
+    while ended < pending {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some(_)) => ended += 1,
+            _ => break,
+        }
+    }
+    drop(out_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    Ok(())
+}
+
+/// stdin as a non-blocking pipe when it is one (the host's case: no thread hop per read),
+/// else tokio's blocking-thread stdin.
+fn stdio_in() -> Box<dyn AsyncRead + Send + Unpin> {
+    let fd = std::io::stdin().as_fd().try_clone_to_owned();
+    match fd.map(tokio::net::unix::pipe::Receiver::from_owned_fd) {
+        Ok(Ok(r)) => Box::new(r),
+        _ => Box::new(tokio::io::stdin()),
+    }
+}
+
+/// stdout as a non-blocking pipe when it is one, else tokio's blocking-thread stdout.
+fn stdio_out() -> Box<dyn tokio::io::AsyncWrite + Send + Unpin> {
+    let fd = std::io::stdout().as_fd().try_clone_to_owned();
+    match fd.map(tokio::net::unix::pipe::Sender::from_owned_fd) {
+        Ok(Ok(w)) => Box::new(w),
+        _ => Box::new(tokio::io::stdout()),
+    }
+}
+
+fn handle(
+    line: &[u8],
+    opts: &Options,
+    runs: &Arc<Mutex<HashMap<RunId, RunSlot>>>,
+    out: &Out,
+    done: &mpsc::UnboundedSender<RunId>,
+) {
+    let cmd = match Command::decode(line) {
+        Ok(c) => c,
+        Err(e) => {
+            match e.reply() {
+                Some(r) => send(out, r),
+                None => send(
+                    out,
+                    Reply::Message {
+                        text: Quoted::lossy(format!("discarded: {e}").as_bytes()),
+                    },
+                ),
+            }
+            return;
+        }
+    };
+    let negative = |id, code| send(out, Reply::Negative { id, code });
+    match cmd {
+        Command::Hello { id } => send(
+            out,
+            Reply::Hello {
+                id,
+                version: Version::V1_1,
+                auth: None,
+            },
+        ),
+        Command::Start {
+            id,
+            run,
+            script,
+            profile,
+            argument,
+        } => {
+            let mut table = runs.lock().expect("runs lock");
+            // RFC 3179 6.1.2 items 2-4, in this order.
+            if table.contains_key(&run) {
+                return negative(id, Negative::IllegalRunId);
+            }
+            let path = Path::new(
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(script.as_bytes()),
+            );
+            if !readable_file(path) {
+                return negative(id, Negative::IllegalScript);
+            }
+            if !opts.profiles.contains(&profile) {
+                return negative(id, Negative::IllegalProfile);
+            }
+            let state = Arc::new(Mutex::new(RunState::Executing));
+            let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+            match spawn_script(path, run, &profile, &argument) {
+                Ok(spawned) => {
+                    send(
+                        out,
+                        Reply::Status {
+                            id,
+                            state: RunState::Executing,
+                        },
+                    );
+                    table.insert(
+                        run,
+                        RunSlot {
+                            state: state.clone(),
+                            ctl: ctl_tx,
+                        },
+                    );
+                    let task = supervise(run, spawned, state, ctl_rx, out.clone(), opts.grace);
+                    let done = done.clone();
+                    tokio::spawn(async move {
+                        task.await;
+                        let _ = done.send(run);
+                    });
+                }
+                Err(e) => {
+                    // An error before the script runs: no 231, a 536 and the 538 (6.1.2).
+                    let code = exit_code_for_exec_error(&e);
+                    let msg = format!("cannot execute {}: {e}", path.display());
+                    send(
+                        out,
+                        Reply::Error {
+                            run,
+                            state: RunState::Terminated,
+                            error: msg.into(),
+                        },
+                    );
+                    send(
+                        out,
+                        Reply::StateChange {
+                            run,
+                            state: RunState::Terminated,
+                        },
+                    );
+                    send(out, Reply::Terminated { run, exit: code });
+                }
+            }
+        }
+        Command::Suspend { id, run } | Command::Resume { id, run } | Command::Abort { id, run } => {
+            let table = runs.lock().expect("runs lock");
+            let Some(slot) = table.get(&run) else {
+                return negative(id, Negative::IllegalRunId);
+            };
+            let ctl = match cmd {
+                Command::Suspend { .. } => Ctl::Suspend(id),
+                Command::Resume { .. } => Ctl::Resume(id),
+                _ => Ctl::Abort(id),
+            };
+            if slot.ctl.send(ctl).is_err() {
+                negative(id, Negative::IllegalRunId);
+            }
+        }
+        Command::Status { id, run } => {
+            let table = runs.lock().expect("runs lock");
+            match table.get(&run) {
+                Some(slot) => send(
+                    out,
+                    Reply::Status {
+                        id,
+                        state: *slot.state.lock().expect("state lock"),
+                    },
+                ),
+                None => negative(id, Negative::IllegalRunId),
+            }
+        }
+    }
+}
+
+fn readable_file(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access(2) on a valid C string.
+    let ok = unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::X_OK) } == 0;
+    ok && std::fs::metadata(p).is_ok_and(|m| m.is_file())
+}
+
+struct Spawned {
+    child: tokio::process::Child,
+    reports: tokio::net::unix::pipe::Receiver,
+}
+
+fn spawn_script(
+    path: &Path,
+    run: RunId,
+    profile: &Profile,
+    argument: &Octets,
+) -> io::Result<Spawned> {
+    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let mut cmd = std::process::Command::new(path);
+    let arg = argument.as_bytes();
+    if !arg.is_empty() && !arg.contains(&0) {
+        use std::os::unix::ffi::OsStrExt;
+        cmd.arg(std::ffi::OsStr::from_bytes(arg));
+    }
+    cmd.env("SMX_RUN_ID", run.to_string())
+        .env("SMX_PROFILE", profile.as_str())
+        .env("SMX_SCRIPT", path)
+        .env("SMX_REPORT_FD", REPORT_FD.to_string())
+        .env_remove("SMX_TRANSPORT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let raw = report_w.as_raw_fd();
+    // SAFETY: only async-signal-safe calls on an fd owned by the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::dup2(raw, REPORT_FD) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    drop(report_w);
+    // The Argument goes to stdin, octet for octet; a script that ignores it is fine.
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let bytes = arg.to_vec();
+    tokio::spawn(async move {
+        let _ = stdin.write_all(&bytes).await;
+    });
+    let reports = tokio::net::unix::pipe::Receiver::from_owned_fd(report_r)?;
+    Ok(Spawned { child, reports })
+}
+
+/// Reads up to `max` octets and discards the rest; returns whether anything was dropped.
+async fn read_capped(mut r: impl AsyncRead + Unpin, max: usize) -> (Vec<u8>, bool) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let mut cut = false;
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => return (buf, cut),
+            Ok(n) => {
+                let room = max.saturating_sub(buf.len());
+                buf.extend_from_slice(&chunk[..n.min(room)]);
+                cut |= n > room;
+            }
+        }
+    }
+}
+
+fn set_state(state: &Mutex<RunState>, s: RunState) {
+    *state.lock().expect("state lock") = s;
+}
+
+/// Owns one script process until it ends.
+async fn supervise(
+    run: RunId,
+    mut sp: Spawned,
+    state: Arc<Mutex<RunState>>,
+    mut ctl: mpsc::UnboundedReceiver<Ctl>,
+    out: Out,
+    grace: Duration,
+) {
+    let pid = sp.child.id().unwrap_or(0) as i32;
+    let pgid = nix::unistd::Pid::from_raw(pid);
+    let stdout = tokio::spawn(read_capped(
+        sp.child.stdout.take().expect("piped"),
+        MAX_RESULT_OCTETS + 2,
+    ));
+    let stderr = tokio::spawn(read_capped(
+        sp.child.stderr.take().expect("piped"),
+        64 * 1024,
+    ));
+    let mut reports = LineReader::new(sp.reports, 64 * 1024 + 16);
+    let mut reports_open = true;
+    let mut abort_ids: Vec<Id> = Vec::new();
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let killpg = |sig| {
+        let _ = nix::sys::signal::killpg(pgid, sig);
+    };
+    let status = loop {
+        let current = *state.lock().expect("state lock");
+        tokio::select! {
+            st = sp.child.wait() => break st,
+            frame = reports.next(), if reports_open => match frame {
+                Ok(Some(Frame::Line(l))) => report(run, current, &l, &out),
+                Ok(Some(Frame::Overlong)) => send(&out, Reply::Message { text: Quoted::lossy(format!("run {run}: over-long report line discarded").as_bytes()) }),
+                _ => reports_open = false,
+            },
+            _ = async { tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)).await }, if kill_at.is_some() => {
+                killpg(nix::sys::signal::Signal::SIGKILL);
+                kill_at = None;
+            }
+            c = ctl.recv() => match c {
+                None => {}
+                Some(Ctl::Abort(id)) => {
+                    if id.0 != 0 { abort_ids.push(id); }
+                    if current != RunState::Aborting {
+                        set_state(&state, RunState::Aborting);
+                        send(&out, Reply::StateChange { run, state: RunState::Aborting });
+                        killpg(nix::sys::signal::Signal::SIGTERM);
+                        // A stopped process only acts on SIGTERM once continued.
+                        killpg(nix::sys::signal::Signal::SIGCONT);
+                        kill_at = Some(tokio::time::Instant::now() + grace);
+                    }
+                }
+                Some(Ctl::Suspend(id)) => match current {
+                    RunState::Suspended => send(&out, Reply::Status { id, state: current }),
+                    RunState::Executing => {
+                        killpg(nix::sys::signal::Signal::SIGSTOP);
+                        if wait_stopped(pid, true).await {
+                            set_state(&state, RunState::Suspended);
+                            send(&out, Reply::StateChange { run, state: RunState::Suspended });
+                            send(&out, Reply::Status { id, state: RunState::Suspended });
+                        } else {
+                            killpg(nix::sys::signal::Signal::SIGCONT);
+                            send(&out, Reply::Negative { id, code: Negative::CannotChange });
+                        }
+                    }
+                    _ => send(&out, Reply::Negative { id, code: Negative::CannotChange }),
+                },
+                Some(Ctl::Resume(id)) => match current {
+                    RunState::Executing => send(&out, Reply::Status { id, state: current }),
+                    RunState::Suspended => {
+                        killpg(nix::sys::signal::Signal::SIGCONT);
+                        if wait_stopped(pid, false).await {
+                            set_state(&state, RunState::Executing);
+                            send(&out, Reply::StateChange { run, state: RunState::Executing });
+                            send(&out, Reply::Status { id, state: RunState::Executing });
+                        } else {
+                            send(&out, Reply::Negative { id, code: Negative::CannotChange });
+                        }
+                    }
+                    _ => send(&out, Reply::Negative { id, code: Negative::CannotChange }),
+                },
+            },
+        }
+    };
+    let aborted = *state.lock().expect("state lock") == RunState::Aborting;
+    // Whatever the script left in its group goes with it.
+    killpg(nix::sys::signal::Signal::SIGKILL);
+    // Pipes may be held open by grandchildren that escaped the group: bound the wait.
+    let collect = async {
+        let o = stdout.await.unwrap_or_default();
+        let e = stderr.await.unwrap_or_default();
+        if reports_open {
+            while let Ok(Some(Frame::Line(l))) = reports.next().await {
+                report(run, RunState::Executing, &l, &out);
+            }
+        }
+        (o, e)
+    };
+    let ((mut result, cut), (err, _)) = tokio::time::timeout(Duration::from_millis(500), collect)
+        .await
+        .unwrap_or_default();
+    let tail = last_line(&err);
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            send(
+                &out,
+                Reply::Error {
+                    run,
+                    state: RunState::Terminated,
+                    error: format!("wait failed: {e}").into(),
+                },
+            );
+            send(
+                &out,
+                Reply::StateChange {
+                    run,
+                    state: RunState::Terminated,
+                },
+            );
+            send(
+                &out,
+                Reply::Terminated {
+                    run,
+                    exit: ExitCode::GenericError,
+                },
+            );
+            return;
+        }
+    };
+    let code = exit_code_for(status, aborted, &tail);
+    if !result.is_empty() && !aborted {
+        if result.ends_with(b"\r\n") {
+            result.truncate(result.len() - 2);
+        } else if result.ends_with(b"\n") {
+            result.pop();
+        }
+        if cut || result.len() > MAX_RESULT_OCTETS {
+            result.truncate(MAX_RESULT_OCTETS);
+            send(
+                &out,
+                Reply::Message {
+                    text: Quoted::lossy(
+                        format!("run {run}: stdout truncated to {MAX_RESULT_OCTETS} octets")
+                            .as_bytes(),
+                    ),
+                },
+            );
+        }
+        send(
+            &out,
+            Reply::Result {
+                run,
+                state: RunState::Executing,
+                result: Octets::new(result),
+            },
+        );
+    }
+    if code != ExitCode::NoError && code != ExitCode::Halted {
+        let why = describe(status);
+        let msg = if tail.is_empty() {
+            why
+        } else {
+            format!("{tail} ({why})")
+        };
+        send(
+            &out,
+            Reply::Error {
+                run,
+                state: RunState::Terminated,
+                error: msg.into(),
+            },
+        );
+    }
+    set_state(&state, RunState::Terminated);
+    send(
+        &out,
+        Reply::StateChange {
+            run,
+            state: RunState::Terminated,
+        },
+    );
+    send(&out, Reply::Terminated { run, exit: code });
+    for id in abort_ids {
+        send(&out, Reply::Aborted { id });
+    }
+    // Further controls for this run find it gone (431).
+    ctl.close();
+    while let Some(c) = ctl.recv().await {
+        let id = match c {
+            Ctl::Abort(id) => {
+                if id.0 != 0 {
+                    send(&out, Reply::Aborted { id });
+                }
+                continue;
+            }
+            Ctl::Suspend(id) | Ctl::Resume(id) => id,
+        };
+        send(
+            &out,
+            Reply::Negative {
+                id,
+                code: Negative::IllegalRunId,
+            },
+        );
+    }
+}
+
+/// Applies one report line from fd 3.
+fn report(run: RunId, state: RunState, line: &[u8], out: &Out) {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let (word, value) = match line.iter().position(|&b| b == b' ') {
+        Some(i) => (&line[..i], &line[i + 1..]),
+        None => (line, &[][..]),
+    };
+    let (word, value) = match word.strip_suffix(b"-hex") {
+        Some(w) => match hex::decode(value) {
+            Ok(v) => (w, v),
+            Err(_) => {
+                send(
+                    out,
+                    Reply::Message {
+                        text: Quoted::lossy(
+                            format!("run {run}: bad hex in report line").as_bytes(),
+                        ),
+                    },
+                );
+                return;
+            }
+        },
+        None => (word, value.to_vec()),
+    };
+    let value = Octets::new(value);
+    let state = if state == RunState::Aborting {
+        RunState::Aborting
+    } else {
+        RunState::Executing
+    };
+    let reply = match word {
+        b"result" => Reply::Result {
+            run,
+            state,
+            result: value,
+        },
+        b"event" => Reply::ResultEvent {
+            run,
+            state,
+            result: value,
+        },
+        b"error" => Reply::Error {
+            run,
+            state,
+            error: value,
+        },
+        b"exception" => Reply::ErrorEvent {
+            run,
+            state,
+            error: value,
+        },
+        _ => Reply::Message {
+            text: Quoted::lossy(
+                format!(
+                    "run {run}: unknown report {:?}",
+                    String::from_utf8_lossy(word)
+                )
+                .as_bytes(),
+            ),
+        },
+    };
+    send(out, reply);
+}
+
+/// Polls /proc until the process is (or is no longer) stopped; bounded to one second.
+async fn wait_stopped(pid: i32, stopped: bool) -> bool {
+    for _ in 0..200 {
+        match proc_state(pid) {
+            Some(c) if (c == 'T' || c == 't') == stopped => return true,
+            None => return !stopped,
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    false
+}
+
+/// The state letter of /proc/<pid>/stat.
+pub fn proc_state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+fn last_line(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    line.chars().take(240).collect()
+}
+
+fn describe(s: std::process::ExitStatus) -> String {
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(sig)) => {
+            let name = nix::sys::signal::Signal::try_from(sig)
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_else(|_| sig.to_string());
+            if s.core_dumped() {
+                format!("killed by {name}, core dumped")
+            } else {
+                format!("killed by {name}")
+            }
+        }
+        _ => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    #[test]
+    fn exit_code_table() {
+        let exit = |c: i32| ExitStatus::from_raw(c << 8);
+        let sig = |s: i32| ExitStatus::from_raw(s);
+        assert_eq!(exit_code_for(exit(0), false, ""), ExitCode::NoError);
+        assert_eq!(exit_code_for(exit(0), true, ""), ExitCode::Halted);
+        assert_eq!(
+            exit_code_for(sig(libc::SIGKILL), true, ""),
+            ExitCode::Halted
+        );
+        assert_eq!(
+            exit_code_for(exit(64), false, ""),
+            ExitCode::InvalidArgument
+        );
+        assert_eq!(
+            exit_code_for(exit(65), false, ""),
+            ExitCode::InvalidArgument
+        );
+        assert_eq!(
+            exit_code_for(exit(77), false, ""),
+            ExitCode::SecurityViolation
+        );
+        assert_eq!(
+            exit_code_for(exit(71), false, ""),
+            ExitCode::NoResourcesLeft
+        );
+        assert_eq!(
+            exit_code_for(sig(libc::SIGXCPU), false, ""),
+            ExitCode::NoResourcesLeft
+        );
+        assert_eq!(
+            exit_code_for(exit(2), false, "x.sh: 3: Syntax error: EOF"),
+            ExitCode::LanguageError
+        );
+        assert_eq!(
+            exit_code_for(exit(2), false, "usage"),
+            ExitCode::RuntimeError
+        );
+        assert_eq!(exit_code_for(exit(1), false, ""), ExitCode::RuntimeError);
+        assert_eq!(
+            exit_code_for(sig(libc::SIGSEGV), false, ""),
+            ExitCode::RuntimeError
+        );
+        assert_eq!(
+            exit_code_for_exec_error(&io::Error::from_raw_os_error(libc::ENOEXEC)),
+            ExitCode::LanguageError
+        );
+    }
+}

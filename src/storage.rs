@@ -1,0 +1,226 @@
+//! Script storage (RFC 3179 section 2 and 9): one directory the host writes and runtimes
+//! only read. SMX passes file names, so every name handed to a runtime is resolved here
+//! first and must stay inside the storage: no `..`, no absolute paths, no symlink escapes.
+
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// Why a script could not be stored or found.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("script storage {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("script path {0:?} must be relative to the script storage, without `..`")]
+    BadPath(String),
+    #[error("script {0:?} does not exist in the script storage")]
+    NotFound(String),
+    #[error("script {0:?} resolves outside the script storage (symlink escape)")]
+    Escape(String),
+    #[error("script {0:?} is not a regular file")]
+    NotAFile(String),
+    #[error("script is {size} octets; the limit is {max}")]
+    TooLarge { size: u64, max: u64 },
+}
+
+/// Largest script the host installs.
+pub const MAX_SCRIPT_OCTETS: u64 = 16 << 20;
+
+/// The script storage directory.
+#[derive(Debug)]
+pub struct Storage {
+    root: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Encodes an smLaunchOwner or script name as one safe path component, so that different
+/// owners' scripts of the same name never share a file (RFC 3165 smScriptName).
+pub fn component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, b) in s.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() { "%".to_owned() } else { out }
+}
+
+impl Storage {
+    /// Opens (creating if needed, mode 0755) the storage at `dir`.
+    pub fn open(dir: &Path) -> Result<Storage, StorageError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let root = std::fs::canonicalize(dir).map_err(io_err(dir))?;
+        Ok(Storage { root, _temp: None })
+    }
+
+    /// A private storage removed when dropped, for `smx run` without a configured storage.
+    pub fn temporary() -> Result<Storage, StorageError> {
+        let t = tempfile::Builder::new()
+            .prefix("smx-scripts-")
+            .tempdir()
+            .map_err(io_err(&std::env::temp_dir()))?;
+        // Runtimes may run as the invoking user only (no OS profile), but keep it readable
+        // for them regardless of umask.
+        let _ = std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755));
+        let root = std::fs::canonicalize(t.path()).map_err(io_err(t.path()))?;
+        Ok(Storage {
+            root,
+            _temp: Some(t),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Stores `content` as script `name` of `owner`, atomically, read-only for others.
+    /// Returns the path relative to the storage.
+    pub fn install(
+        &self,
+        owner: &str,
+        name: &str,
+        content: &[u8],
+        executable: bool,
+    ) -> Result<String, StorageError> {
+        if content.len() as u64 > MAX_SCRIPT_OCTETS {
+            return Err(StorageError::TooLarge {
+                size: content.len() as u64,
+                max: MAX_SCRIPT_OCTETS,
+            });
+        }
+        let dir = self.root.join(component(owner));
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(io_err(&dir))?;
+        let file = component(name);
+        let target = dir.join(&file);
+        let tmp = dir.join(format!(".{file}.{}.tmp", std::process::id()));
+        let mode = if executable { 0o755 } else { 0o644 };
+        let write = || -> io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            f.write_all(content)?;
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &target)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io_err(&target)(e)
+        })?;
+        Ok(format!("{}/{}", component(owner), file))
+    }
+
+    /// Installs the file at `src` (any readable path) for `owner`, keeping its name and
+    /// whether it is executable.
+    pub fn install_file(&self, owner: &str, src: &Path) -> Result<String, StorageError> {
+        let meta = std::fs::metadata(src).map_err(io_err(src))?;
+        if !meta.is_file() {
+            return Err(StorageError::NotAFile(src.display().to_string()));
+        }
+        if meta.len() > MAX_SCRIPT_OCTETS {
+            return Err(StorageError::TooLarge {
+                size: meta.len(),
+                max: MAX_SCRIPT_OCTETS,
+            });
+        }
+        let content = std::fs::read(src).map_err(io_err(src))?;
+        let name = src
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "script".into());
+        self.install(
+            owner,
+            &name,
+            &content,
+            meta.permissions().mode() & 0o111 != 0,
+        )
+    }
+
+    /// Resolves a script name relative to the storage to its canonical absolute path,
+    /// refusing anything that would leave the storage.
+    pub fn resolve(&self, rel: &str) -> Result<PathBuf, StorageError> {
+        let p = Path::new(rel);
+        let clean = !rel.is_empty()
+            && !rel.contains('\0')
+            && p.components().all(|c| matches!(c, Component::Normal(_)));
+        if !clean {
+            return Err(StorageError::BadPath(rel.to_owned()));
+        }
+        let joined = self.root.join(p);
+        let real = match std::fs::canonicalize(&joined) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StorageError::NotFound(rel.to_owned()));
+            }
+            Err(e) => return Err(io_err(&joined)(e)),
+        };
+        if !real.starts_with(&self.root) {
+            return Err(StorageError::Escape(rel.to_owned()));
+        }
+        let meta = std::fs::metadata(&real).map_err(io_err(&real))?;
+        if !meta.is_file() {
+            return Err(StorageError::NotAFile(rel.to_owned()));
+        }
+        Ok(real)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_never_collide_or_escape() {
+        assert_eq!(component("noc"), "noc");
+        assert_eq!(component(".."), "%2E.");
+        assert_eq!(component("a/b"), "a%2Fb");
+        assert_eq!(component(""), "%");
+        assert_ne!(component("a b"), component("a_b"));
+    }
+
+    #[test]
+    fn install_and_resolve_refuse_escapes() {
+        let s = Storage::temporary().unwrap();
+        let rel = s.install("noc", "x.sh", b"#!/bin/sh\n", true).unwrap();
+        assert_eq!(rel, "noc/x.sh");
+        let abs = s.resolve(&rel).unwrap();
+        assert!(abs.starts_with(s.root()));
+        let mode = std::fs::metadata(&abs).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert!(matches!(
+            s.resolve("../etc/passwd"),
+            Err(StorageError::BadPath(_))
+        ));
+        assert!(matches!(
+            s.resolve("/etc/passwd"),
+            Err(StorageError::BadPath(_))
+        ));
+        assert!(s.resolve("noc/./x.sh").is_ok());
+        assert!(matches!(
+            s.resolve("noc/missing"),
+            Err(StorageError::NotFound(_))
+        ));
+        std::os::unix::fs::symlink("/etc/passwd", s.root().join("noc/link")).unwrap();
+        assert!(matches!(
+            s.resolve("noc/link"),
+            Err(StorageError::Escape(_))
+        ));
+        assert!(matches!(s.resolve("noc"), Err(StorageError::NotAFile(_))));
+    }
+}
