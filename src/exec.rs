@@ -333,12 +333,26 @@ struct Spawned {
     reports: tokio::net::unix::pipe::Receiver,
 }
 
+/// Refuses files that are neither `#!` scripts nor ELF binaries. execvp(3) would run them
+/// with /bin/sh on ENOEXEC, turning a wrong file into a confusing shell error.
+fn check_format(path: &Path) -> io::Result<()> {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    let n = std::fs::File::open(path)?.read(&mut head)?;
+    if head[..n].starts_with(b"#!") || head[..n] == *b"\x7fELF" {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(libc::ENOEXEC))
+    }
+}
+
 fn spawn_script(
     path: &Path,
     run: RunId,
     profile: &Profile,
     argument: &Octets,
 ) -> io::Result<Spawned> {
+    check_format(path)?;
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let mut cmd = std::process::Command::new(path);
     let arg = argument.as_bytes();

@@ -109,3 +109,12 @@ pub mod anyhow_lite {
     pub type Error = Box<dyn std::error::Error + Send + Sync + 'static>;
     pub type Result<T> = std::result::Result<T, Error>;
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clap_definitions_are_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

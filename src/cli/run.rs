@@ -33,7 +33,7 @@ pub struct RunArgs {
     pub argument: Option<String>,
     /// smLaunchArgument as hex octets.
     #[arg(long, value_parser = parse_hex)]
-    pub argument_hex: Option<Vec<u8>>,
+    pub argument_hex: Option<HexArg>,
     /// smLaunchLifeTime in seconds (default 3600; the script is aborted when it runs out).
     #[arg(long, default_value_t = 3600)]
     pub lifetime: u64,
@@ -44,8 +44,14 @@ pub struct RunArgs {
     pub script: PathBuf,
 }
 
-fn parse_hex(s: &str) -> std::result::Result<Vec<u8>, String> {
-    hex::decode(s).map_err(|e| format!("invalid hex: {e}"))
+/// Octets given in hex on the command line.
+#[derive(Debug, Clone)]
+pub struct HexArg(pub Vec<u8>);
+
+fn parse_hex(s: &str) -> std::result::Result<HexArg, String> {
+    hex::decode(s)
+        .map(HexArg)
+        .map_err(|e| format!("invalid hex: {e}"))
 }
 
 /// Exit status of `smx run` for a run that ended with `code`: 0 for noError, else 10 + the
@@ -74,7 +80,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     req.profile = args.profile;
     req.argument = match (args.argument, args.argument_hex) {
         (Some(t), _) => Octets::from(t),
-        (_, Some(h)) => Octets::new(h),
+        (_, Some(h)) => Octets::new(h.0),
         _ => Octets::default(),
     };
     req.lifetime = TimeInterval::from_secs(args.lifetime);

@@ -301,6 +301,15 @@ impl Conn {
         }
     }
 
+    /// Drops the pending commands of a run that has ended, except an abort (whose reply
+    /// still decides the ExitCode); their waiters stop waiting and do nothing.
+    pub fn cancel_for(&self, run: RunId) {
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .retain(|_, (what, _)| what.run() != run || matches!(what, Pending::Abort(..)));
+    }
+
     /// Fails every pending command (their waiters see the connection as closed).
     pub fn fail_pending(&self) {
         self.pending.lock().expect("pending lock").clear();

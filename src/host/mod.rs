@@ -1031,6 +1031,10 @@ impl Inner {
                 Reply::Terminated { exit, .. } => t.report_exit(run, exit),
                 _ => {}
             }
+            if t.get(run).is_some_and(|r| r.info.is_terminated()) {
+                // A run may end before its start was answered (6.1.2): nothing is owed now.
+                conn.cancel_for(run);
+            }
         }
         self.detach(run);
     }
