@@ -7,8 +7,10 @@
 //! - [`security`]: OS security profiles applied to runtime processes.
 //! - [`storage`]: the script storage the host writes and runtimes read.
 //! - [`exec`]: the built-in runtime for executable files.
+//! - [`conform`]: the conformance suite for any runtime (`smx conform`).
 
 pub mod config;
+pub mod conform;
 pub mod exec;
 pub mod framing;
 pub mod host;

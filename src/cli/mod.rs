@@ -1,5 +1,6 @@
 //! Command-line definitions and dispatch. Each verb lives in its own module.
 
+mod conform;
 mod run;
 
 use std::path::PathBuf;
@@ -36,6 +37,8 @@ pub enum Verb {
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         grace: Duration,
     },
+    /// Check a runtime against RFC 3179 section 6.1 from the outside.
+    Conform(conform::ConformArgs),
     /// List the runtimes of the effective configuration (smLangTable).
     Runtimes {
         #[arg(long, env = "SMX_CONFIG")]
@@ -69,6 +72,7 @@ fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
 pub fn dispatch(cli: Cli) -> anyhow_lite::Result<ExitCode> {
     match cli.command {
         Verb::Run(args) => current_thread()?.block_on(run::run(args)),
+        Verb::Conform(args) => current_thread()?.block_on(conform::conform(args)),
         Verb::ExecRuntime { profiles, grace } => {
             current_thread()?.block_on(smx::exec::serve(smx::exec::Options { profiles, grace }))?;
             Ok(ExitCode::SUCCESS)

@@ -33,6 +33,9 @@ pub use conn::HandshakeError;
 pub use spawn::{StartError, expand_command};
 pub use table::{AbortCause, Event, EventKind, RunInfo, TimeInterval, admin_string};
 
+pub(crate) use conn::BoxWrite;
+pub(crate) use spawn::start as start_runtime;
+
 use conn::{Conn, Pending, RequestError};
 use table::{KeeperAction, NewRun, Table};
 

@@ -1,0 +1,898 @@
+//! `smx conform`: checks a runtime against RFC 3179 section 6.1 from the outside.
+//!
+//! The runtime is started exactly as the host starts it (same transports, same handshake),
+//! then driven with raw SMX lines, well-formed and not. Each check yields one [`Outcome`]
+//! naming the RFC section, what was sent and what came back.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::config::{Argv, Registered, RuntimeName, RuntimeSpec, Threading, Transport};
+use crate::framing::Frame;
+use crate::host::{StartError, start_runtime};
+use crate::proto::{ExitCode, Id, Negative, Octets, Profile, Reply, RunId, RunState};
+use crate::security::Prepared;
+
+/// What to test.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub command: Vec<String>,
+    pub transport: Transport,
+    /// A profile the runtime accepts.
+    pub profile: Profile,
+    /// A conformance script (see docs/writing-a-runtime.md); checks that need one are
+    /// skipped without it.
+    pub script: Option<PathBuf>,
+    /// How long to wait for each expected message.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Skip,
+}
+
+/// One check's result.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub section: &'static str,
+    pub check: &'static str,
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = match self.verdict {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::Skip => "SKIP",
+        };
+        write!(
+            f,
+            "{v}  {:<7} {:<58} {}",
+            self.section, self.check, self.detail
+        )
+    }
+}
+
+/// One line from the runtime, raw and decoded.
+struct Line {
+    raw: Vec<u8>,
+    reply: Result<Reply, crate::proto::Malformed>,
+}
+
+struct Session {
+    writer: Option<crate::host::BoxWrite>,
+    lines: mpsc::UnboundedReceiver<Line>,
+    /// Notifications and stray lines seen while waiting for replies.
+    seen: Vec<Line>,
+    timeout: Duration,
+    child: tokio::process::Child,
+}
+
+fn show(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    let s = s.trim_end_matches(['\r', '\n']);
+    let s: String = s.chars().take(90).collect();
+    format!("{s:?}")
+}
+
+impl Session {
+    async fn send(&mut self, line: &str) -> bool {
+        let Some(w) = self.writer.as_mut() else {
+            return false;
+        };
+        let ok = w.write_all(line.as_bytes()).await.is_ok() && w.write_all(b"\r\n").await.is_ok();
+        ok && w.flush().await.is_ok()
+    }
+
+    /// The next reply carrying `id`; notifications and others are kept in `seen`.
+    async fn reply(&mut self, id: u64) -> Option<Line> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .ok()??;
+            if matches!(&line.reply, Ok(r) if r.id() == Some(Id(id))) {
+                return Some(line);
+            }
+            self.seen.push(line);
+        }
+    }
+
+    /// Waits up to `wait` for a notification matching `f` (looking at `seen` first).
+    async fn notification(&mut self, wait: Duration, f: impl Fn(&Reply) -> bool) -> Option<Reply> {
+        if let Some(r) = self
+            .seen
+            .iter()
+            .filter_map(|l| l.reply.as_ref().ok())
+            .find(|r| f(r))
+        {
+            return Some(r.clone());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .ok()??;
+            let hit = line.reply.as_ref().ok().filter(|r| f(r)).cloned();
+            self.seen.push(line);
+            if hit.is_some() {
+                return hit;
+            }
+        }
+    }
+
+    /// Lines that arrive within `wait`, all of them.
+    async fn drain(&mut self, wait: Duration) -> Vec<Line> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut v = Vec::new();
+        while let Ok(Some(l)) = tokio::time::timeout_at(deadline, self.lines.recv()).await {
+            v.push(l);
+        }
+        v
+    }
+}
+
+struct Report {
+    out: Vec<Outcome>,
+    print: bool,
+}
+
+impl Report {
+    fn add(
+        &mut self,
+        section: &'static str,
+        check: &'static str,
+        verdict: Verdict,
+        detail: impl Into<String>,
+    ) {
+        let o = Outcome {
+            section,
+            check,
+            verdict,
+            detail: detail.into(),
+        };
+        if self.print {
+            println!("{o}");
+        }
+        self.out.push(o);
+    }
+
+    fn expect(
+        &mut self,
+        section: &'static str,
+        check: &'static str,
+        sent: &str,
+        got: Option<&Line>,
+        ok: impl Fn(&Reply) -> bool,
+    ) -> bool {
+        let (v, d) = match got {
+            None => (
+                Verdict::Fail,
+                format!("sent {sent:?}, no reply with its Id"),
+            ),
+            Some(l) => match &l.reply {
+                Ok(r) if ok(r) => (
+                    Verdict::Pass,
+                    format!("sent {sent:?}, got {}", show(&l.raw)),
+                ),
+                _ => (
+                    Verdict::Fail,
+                    format!("sent {sent:?}, got {}", show(&l.raw)),
+                ),
+            },
+        };
+        let pass = v == Verdict::Pass;
+        self.add(section, check, v, d);
+        pass
+    }
+}
+
+fn negative(code: Negative) -> impl Fn(&Reply) -> bool {
+    move |r| matches!(r, Reply::Negative { code: c, .. } if *c == code)
+}
+
+fn quoted(s: &str) -> String {
+    let mut v = Vec::new();
+    Octets::from(s).encode(&mut v);
+    String::from_utf8(v).expect("quoted text is ASCII")
+}
+
+/// Runs every check, printing each line as it completes when `print` is set.
+pub async fn run(opts: &Options, print: bool) -> Vec<Outcome> {
+    let mut rep = Report {
+        out: Vec::new(),
+        print,
+    };
+    let spec = Registered {
+        spec: RuntimeSpec {
+            name: RuntimeName("conform".into()),
+            description: String::new(),
+            command: Argv(opts.command.clone()),
+            transport: opts.transport,
+            threading: Threading::Multi,
+            extensions: Vec::new(),
+            profiles: crate::config::ProfileList(vec![opts.profile.clone()]),
+            cookie: None,
+        },
+        config_dir: None,
+    };
+    let started = match start_runtime(&spec, &Prepared::invoker(), opts.timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            let section = match &e {
+                StartError::NoConnection { .. } => "8.2",
+                _ => "6.1.1",
+            };
+            rep.add(
+                section,
+                "runtime starts and answers hello with 211",
+                Verdict::Fail,
+                e.to_string(),
+            );
+            return rep.out;
+        }
+    };
+    let what = match opts.transport {
+        Transport::Pipe => "hello 1 answered 211 1 SMX/1.1 over stdin/stdout",
+        Transport::Tcp => "connected from loopback, 211 1 SMX/1.1 with the cookie",
+    };
+    rep.add(
+        "6.1.1",
+        "runtime starts and answers hello with 211",
+        Verdict::Pass,
+        what,
+    );
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut reader = started.reader;
+    tokio::spawn(async move {
+        while let Ok(Some(f)) = reader.next().await {
+            let Frame::Line(raw) = f else { continue };
+            let reply = Reply::decode(&raw);
+            if tx
+                .send(Line {
+                    raw: raw.to_vec(),
+                    reply,
+                })
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    for out in started.logs {
+        tokio::spawn(async move {
+            let mut r = crate::framing::LineReader::new(out, 4096);
+            while let Ok(Some(_)) = r.next().await {}
+        });
+    }
+    let mut s = Session {
+        writer: Some(started.writer),
+        lines: rx,
+        seen: Vec::new(),
+        timeout: opts.timeout,
+        child: started.child,
+    };
+    checks(&mut s, &mut rep, opts).await;
+    rep.out
+}
+
+async fn checks(s: &mut Session, rep: &mut Report, opts: &Options) {
+    let p = opts.profile.as_str();
+
+    let sent = "hello 77";
+    s.send(sent).await;
+    let got = s.reply(77).await;
+    rep.expect(
+        "6.1.1",
+        "a later hello is answered with its own Id",
+        sent,
+        got.as_ref(),
+        |r| matches!(r, Reply::Hello { version, .. } if *version == crate::proto::Version::V1_1),
+    );
+
+    let sent = "frobnicate 5";
+    s.send(sent).await;
+    let got = s.reply(5).await;
+    rep.expect(
+        "6.1",
+        "unknown command word gives 402",
+        sent,
+        got.as_ref(),
+        negative(Negative::UnknownCommand),
+    );
+
+    // No command word and Id: discarded (a 511 may come), nothing answers it.
+    s.send("garbage").await;
+    s.send("hello 6").await;
+    let got = s.reply(6).await;
+    let stray: Vec<String> = s
+        .seen
+        .drain(..)
+        .filter(|l| !matches!(&l.reply, Ok(Reply::Message { .. })))
+        .map(|l| show(&l.raw))
+        .collect();
+    let (v, d) = match (&got, stray.is_empty()) {
+        (Some(_), true) => (
+            Verdict::Pass,
+            "sent \"garbage\": no reply, next command answered".to_owned(),
+        ),
+        (None, _) => (
+            Verdict::Fail,
+            "sent \"garbage\" then \"hello 6\": no 211 6".to_owned(),
+        ),
+        (_, false) => (
+            Verdict::Fail,
+            format!("sent \"garbage\": got {}", stray.join(", ")),
+        ),
+    };
+    rep.add(
+        "6.1",
+        "a line without command word and Id is discarded",
+        v,
+        d,
+    );
+
+    let sent = "hello 18 extra";
+    s.send(sent).await;
+    let got = s.reply(18).await;
+    rep.expect(
+        "6.1",
+        "other syntax errors give 401",
+        sent,
+        got.as_ref(),
+        negative(Negative::Syntax),
+    );
+
+    // Section 6.1.2 item 1: the four syntax checks, in their order.
+    let cases: [(&'static str, String, u64, Negative); 6] = [
+        (
+            "start: bad RunId gives 431 (1a)",
+            format!("start 10 x1 \"/x\" {p} \"\""),
+            10,
+            Negative::IllegalRunId,
+        ),
+        (
+            "start: bad Script gives 421 (1b)",
+            format!("start 11 9001 /unquoted {p} \"\""),
+            11,
+            Negative::IllegalScript,
+        ),
+        (
+            "start: bad Profile gives 432 (1c)",
+            "start 12 9002 \"/x\" bad!profile \"\"".to_owned(),
+            12,
+            Negative::IllegalProfile,
+        ),
+        (
+            "start: bad Argument gives 433 (1d)",
+            format!("start 13 9003 \"/x\" {p} 0G"),
+            13,
+            Negative::IllegalArgument,
+        ),
+        (
+            "start: RunId is checked before the others",
+            "start 14 x! \"open bad! 0G".to_owned(),
+            14,
+            Negative::IllegalRunId,
+        ),
+        (
+            "start: Script is checked before Profile",
+            "start 15 9004 /unquoted bad! \"\"".to_owned(),
+            15,
+            Negative::IllegalScript,
+        ),
+    ];
+    for (check, sent, id, code) in cases {
+        s.send(&sent).await;
+        let got = s.reply(id).await;
+        rep.expect("6.1.2", check, &sent, got.as_ref(), negative(code));
+    }
+    let sent = format!("start 16 9005 \"/x\" {p} \"\" trailing");
+    s.send(&sent).await;
+    let got = s.reply(16).await;
+    rep.expect(
+        "6.1.2",
+        "start with trailing junk gives 401",
+        &sent,
+        got.as_ref(),
+        negative(Negative::Syntax),
+    );
+
+    let sent = format!("start 20 9006 \"/nonexistent/smx-conform/none\" {p} \"\"");
+    s.send(&sent).await;
+    let got = s.reply(20).await;
+    rep.expect(
+        "6.1.2",
+        "start of a missing script gives 421 (item 3)",
+        &sent,
+        got.as_ref(),
+        negative(Negative::IllegalScript),
+    );
+
+    // A file the runtime could run (the conformance script, else an executable stub), so
+    // only the profile is wrong.
+    let stub = tempfile::NamedTempFile::new().ok().filter(|f| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(f.path(), "#!/bin/sh\n").is_ok()
+            && std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o755)).is_ok()
+    });
+    let runnable = opts
+        .script
+        .clone()
+        .or_else(|| stub.as_ref().map(|f| f.path().to_owned()));
+    match &runnable {
+        Some(f) => {
+            let sent = format!(
+                "start 21 9007 {} smx-conform-unknown-profile \"\"",
+                quoted(&f.display().to_string())
+            );
+            s.send(&sent).await;
+            let got = s.reply(21).await;
+            rep.expect(
+                "6.1.2",
+                "start with an unknown profile gives 432 (item 4)",
+                &sent,
+                got.as_ref(),
+                negative(Negative::IllegalProfile),
+            );
+        }
+        None => rep.add(
+            "6.1.2",
+            "start with an unknown profile gives 432 (item 4)",
+            Verdict::Skip,
+            "no temp file",
+        ),
+    }
+
+    for (id, word, section) in [
+        (30, "status", "6.1.6"),
+        (31, "suspend", "6.1.3"),
+        (32, "resume", "6.1.4"),
+        (33, "abort", "6.1.5"),
+    ] {
+        let sent = format!("{word} {id} 424242");
+        s.send(&sent).await;
+        let got = s.reply(id).await;
+        let check = match word {
+            "status" => "status of an unknown run gives 431",
+            "suspend" => "suspend of an unknown run gives 431",
+            "resume" => "resume of an unknown run gives 431",
+            _ => "abort of an unknown run gives 431",
+        };
+        rep.expect(
+            section,
+            check,
+            &sent,
+            got.as_ref(),
+            negative(Negative::IllegalRunId),
+        );
+    }
+    let sent = "status 34 12x";
+    s.send(sent).await;
+    let got = s.reply(34).await;
+    rep.expect(
+        "6.1.6",
+        "status with a RunId syntax error gives 431",
+        sent,
+        got.as_ref(),
+        negative(Negative::IllegalRunId),
+    );
+
+    match &opts.script {
+        Some(script) => with_script(s, rep, opts, script).await,
+        None => {
+            for (section, check) in [
+                ("6.1.2", "start runs a script and replies 231 (item 5)"),
+                ("6.1.2", "start with a RunId in use gives 431 (item 2)"),
+                ("6.1.6", "status of a running script gives 231"),
+                ("6.1.3", "suspend gives 231 4 (or 434 if unsupported)"),
+                ("6.1.4", "resume gives 231 2"),
+                ("6.1.5", "abort gives 232, and a 538 ends the run"),
+                (
+                    "5.1",
+                    "results come back intact as QuotedString and HexString",
+                ),
+                ("6.1.7", "notifications are well-formed with Id 0"),
+            ] {
+                rep.add(section, check, Verdict::Skip, "needs --script");
+            }
+        }
+    }
+
+    // Everything the runtime wrote so far must be CRLF-terminated, well-formed SMX.
+    let rest = s.drain(Duration::from_millis(200)).await;
+    s.seen.extend(rest);
+    let bad: Vec<String> = s
+        .seen
+        .iter()
+        .filter(|l| !l.raw.ends_with(b"\r\n") || l.reply.is_err())
+        .map(|l| show(&l.raw))
+        .collect();
+    let (v, d) = if bad.is_empty() {
+        (
+            Verdict::Pass,
+            format!(
+                "{} asynchronous lines, all CRLF-terminated and well-formed",
+                s.seen.len()
+            ),
+        )
+    } else {
+        (
+            Verdict::Fail,
+            format!("malformed or not CRLF-terminated: {}", bad.join(", ")),
+        )
+    };
+    rep.add("5", "every message is well-formed and ends with CRLF", v, d);
+
+    shutdown_check(s, rep, opts).await;
+}
+
+async fn with_script(s: &mut Session, rep: &mut Report, opts: &Options, script: &std::path::Path) {
+    let p = opts.profile.as_str();
+    let path = quoted(&script.display().to_string());
+    let run = 5001;
+    let sent = format!("start 40 {run} {path} {p} \"\"");
+    s.send(&sent).await;
+    let got = s.reply(40).await;
+    let started = rep.expect(
+        "6.1.2",
+        "start runs a script and replies 231 (item 5)",
+        &sent,
+        got.as_ref(),
+        |r| {
+            matches!(
+                r,
+                Reply::Status {
+                    state: RunState::Initializing | RunState::Executing,
+                    ..
+                }
+            )
+        },
+    );
+    if !started {
+        for (section, check) in [
+            ("6.1.2", "start with a RunId in use gives 431 (item 2)"),
+            ("6.1.6", "status of a running script gives 231"),
+            ("6.1.3", "suspend gives 231 4 (or 434 if unsupported)"),
+            ("6.1.4", "resume gives 231 2"),
+            ("6.1.5", "abort gives 232, and a 538 ends the run"),
+        ] {
+            rep.add(section, check, Verdict::Skip, "the script did not start");
+        }
+    } else {
+        let sent = format!("start 41 {run} {path} {p} \"\"");
+        s.send(&sent).await;
+        let got = s.reply(41).await;
+        rep.expect(
+            "6.1.2",
+            "start with a RunId in use gives 431 (item 2)",
+            &sent,
+            got.as_ref(),
+            negative(Negative::IllegalRunId),
+        );
+
+        // Let a script that starts `initializing` get going.
+        let _ = s
+            .notification(Duration::from_millis(500), |r| {
+                matches!(
+                    r,
+                    Reply::StateChange {
+                        run: RunId(5001),
+                        state: RunState::Executing
+                    }
+                )
+            })
+            .await;
+        let sent = format!("status 42 {run}");
+        s.send(&sent).await;
+        let got = s.reply(42).await;
+        rep.expect(
+            "6.1.6",
+            "status of a running script gives 231",
+            &sent,
+            got.as_ref(),
+            |r| matches!(r, Reply::Status { .. }),
+        );
+
+        let sent = format!("suspend 43 {run}");
+        s.send(&sent).await;
+        let got = s.reply(43).await;
+        let suspended = matches!(
+            got.as_ref().map(|l| &l.reply),
+            Some(Ok(Reply::Status {
+                state: RunState::Suspended,
+                ..
+            }))
+        );
+        let unsupported = matches!(
+            got.as_ref().map(|l| &l.reply),
+            Some(Ok(Reply::Negative {
+                code: Negative::CannotChange,
+                ..
+            }))
+        );
+        rep.expect(
+            "6.1.3",
+            "suspend gives 231 4 (or 434 if unsupported)",
+            &sent,
+            got.as_ref(),
+            |r| {
+                matches!(
+                    r,
+                    Reply::Status {
+                        state: RunState::Suspended,
+                        ..
+                    } | Reply::Negative {
+                        code: Negative::CannotChange,
+                        ..
+                    }
+                )
+            },
+        );
+        if suspended {
+            let sent = format!("suspend 44 {run}");
+            s.send(&sent).await;
+            let got = s.reply(44).await;
+            rep.expect(
+                "6.1.3",
+                "suspend of a suspended script gives 231 (item 2)",
+                &sent,
+                got.as_ref(),
+                |r| {
+                    matches!(
+                        r,
+                        Reply::Status {
+                            state: RunState::Suspended,
+                            ..
+                        }
+                    )
+                },
+            );
+            let sent = format!("resume 45 {run}");
+            s.send(&sent).await;
+            let got = s.reply(45).await;
+            rep.expect("6.1.4", "resume gives 231 2", &sent, got.as_ref(), |r| {
+                matches!(
+                    r,
+                    Reply::Status {
+                        state: RunState::Executing,
+                        ..
+                    }
+                )
+            });
+        } else if unsupported {
+            rep.add(
+                "6.1.4",
+                "resume gives 231 2",
+                Verdict::Skip,
+                "the runtime cannot suspend (434)",
+            );
+        } else {
+            rep.add(
+                "6.1.4",
+                "resume gives 231 2",
+                Verdict::Skip,
+                "suspend failed",
+            );
+        }
+        let sent = format!("resume 46 {run}");
+        s.send(&sent).await;
+        let got = s.reply(46).await;
+        rep.expect(
+            "6.1.4",
+            "resume of a running script gives 231 (item 2)",
+            &sent,
+            got.as_ref(),
+            |r| {
+                matches!(
+                    r,
+                    Reply::Status {
+                        state: RunState::Executing,
+                        ..
+                    }
+                )
+            },
+        );
+
+        let sent = format!("abort 47 {run}");
+        s.send(&sent).await;
+        let got = s.reply(47).await;
+        let ended = s
+            .notification(opts.timeout, |r| {
+                matches!(
+                    r,
+                    Reply::Terminated {
+                        run: RunId(5001),
+                        ..
+                    }
+                )
+            })
+            .await;
+        let (v, d) = match (&got, &ended) {
+            (Some(l), Some(e)) if matches!(l.reply, Ok(Reply::Aborted { .. })) => (
+                Verdict::Pass,
+                format!(
+                    "sent {sent:?}, got {} and {:?}",
+                    show(&l.raw),
+                    String::from_utf8_lossy(&e.to_bytes()).trim_end()
+                ),
+            ),
+            (Some(l), _) if matches!(l.reply, Ok(Reply::Aborted { .. })) => (
+                Verdict::Fail,
+                format!(
+                    "sent {sent:?}, got {} but no 538 for run {run} (6.1.7 item 8)",
+                    show(&l.raw)
+                ),
+            ),
+            (Some(l), _) => (
+                Verdict::Fail,
+                format!("sent {sent:?}, got {}", show(&l.raw)),
+            ),
+            (None, _) => (Verdict::Fail, format!("sent {sent:?}, no 232")),
+        };
+        rep.add("6.1.5", "abort gives 232, and a 538 ends the run", v, d);
+    }
+
+    // Results in both forms: the conformance script echoes its Argument as a 532.
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    let cases: [(u64, &[u8], bool); 2] = [
+        (5002, b"conform \"text\" \\ with\ttab", true),
+        (5003, &[0, 0xff, b'\n', 0x80, b'x'], false),
+    ];
+    for (i, (run, arg, text)) in cases.into_iter().enumerate() {
+        let mut a = Vec::new();
+        Octets::new(arg).encode(&mut a);
+        let sent = format!(
+            "start {} {run} {path} {p} {}",
+            50 + i,
+            String::from_utf8_lossy(&a)
+        );
+        s.send(&sent).await;
+        let _ = s.reply(50 + i as u64).await;
+        let result = s
+            .notification(opts.timeout, |r| matches!(r, Reply::Result { run: r2, .. } | Reply::ResultEvent { run: r2, .. } if *r2 == RunId(run)))
+            .await;
+        let end = s
+            .notification(
+                opts.timeout,
+                |r| matches!(r, Reply::Terminated { run: r2, .. } if *r2 == RunId(run)),
+            )
+            .await;
+        let raw_form = s
+            .seen
+            .iter()
+            .find(|l| matches!(&l.reply, Ok(Reply::Result { run: r2, .. }) if *r2 == RunId(run)))
+            .map(|l| l.raw.clone())
+            .unwrap_or_default();
+        let form_ok = if text {
+            raw_form.contains(&b'"')
+        } else {
+            !raw_form.contains(&b'"')
+        };
+        match (result, end) {
+            (
+                Some(Reply::Result { result, .. } | Reply::ResultEvent { result, .. }),
+                Some(Reply::Terminated { exit, .. }),
+            ) if result.as_bytes() == arg && exit == ExitCode::NoError && form_ok => {
+                ok.push(if text { "quoted" } else { "hex" })
+            }
+            (r, e) => bad.push(format!(
+                "argument {:?}: result {:?}, end {:?}, line {}",
+                Octets::new(arg),
+                r.map(|x| x.to_bytes()).map(|b| show(&b)),
+                e.map(|x| x.code()),
+                show(&raw_form)
+            )),
+        }
+    }
+    let (v, d) = if bad.is_empty() {
+        (
+            Verdict::Pass,
+            format!(
+                "Argument echoed as 532 Result octet for octet ({}), then 538 noError",
+                ok.join(" and ")
+            ),
+        )
+    } else {
+        (Verdict::Fail, bad.join("; "))
+    };
+    rep.add(
+        "5.1",
+        "results come back intact as QuotedString and HexString",
+        v,
+        d,
+    );
+
+    let rest = s.drain(Duration::from_millis(200)).await;
+    s.seen.extend(rest);
+    let notes: Vec<&Line> = s
+        .seen
+        .iter()
+        .filter(|l| l.raw.first() == Some(&b'5'))
+        .collect();
+    let bad: Vec<String> = notes
+        .iter()
+        .filter(|l| l.reply.as_ref().map_or(true, |r| r.id().is_some()))
+        .map(|l| show(&l.raw))
+        .collect();
+    let (v, d) = if notes.is_empty() {
+        (
+            Verdict::Fail,
+            "no asynchronous notification at all (a 538 must end every run)".to_owned(),
+        )
+    } else if bad.is_empty() {
+        (
+            Verdict::Pass,
+            format!(
+                "{} notifications, all 5yz with Id 0 per the ABNF",
+                notes.len()
+            ),
+        )
+    } else {
+        (
+            Verdict::Fail,
+            format!("bad notifications: {}", bad.join(", ")),
+        )
+    };
+    rep.add("6.1.7", "notifications are well-formed with Id 0", v, d);
+
+    // One more running script, to see that closing the connection ends it.
+    let sent = format!("start 60 5009 {path} {p} \"\"");
+    s.send(&sent).await;
+    let _ = s.reply(60).await;
+}
+
+async fn shutdown_check(s: &mut Session, rep: &mut Report, opts: &Options) {
+    let running = opts.script.is_some();
+    if let Some(mut w) = s.writer.take() {
+        let _ = w.shutdown().await;
+    }
+    let exited = tokio::time::timeout(opts.timeout, s.child.wait()).await;
+    let ended = if running {
+        s.notification(Duration::from_millis(300), |r| {
+            matches!(
+                r,
+                Reply::Terminated {
+                    run: RunId(5009),
+                    ..
+                }
+            )
+        })
+        .await
+        .is_some()
+    } else {
+        true
+    };
+    let (v, d) = match exited {
+        Ok(Ok(status)) if ended => (
+            Verdict::Pass,
+            format!("exited ({status}) after its input closed"),
+        ),
+        Ok(Ok(status)) => (
+            Verdict::Pass,
+            format!("exited ({status}); the running script's 538 was not seen before exit"),
+        ),
+        Ok(Err(e)) => (Verdict::Fail, format!("wait failed: {e}")),
+        Err(_) => {
+            let _ = s.child.start_kill();
+            (
+                Verdict::Fail,
+                format!(
+                    "still running {:?} after its input closed (killed)",
+                    opts.timeout
+                ),
+            )
+        }
+    };
+    rep.add("5.2", "closing the connection terminates the runtime", v, d);
+}
