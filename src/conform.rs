@@ -76,7 +76,19 @@ struct Session {
     child: tokio::process::Child,
 }
 
+/// A line for the report; an Authenticator is a secret and never printed.
 fn show(b: &[u8]) -> String {
+    if let Ok(Reply::Hello {
+        id,
+        version,
+        auth: Some(a),
+    }) = Reply::decode(b)
+    {
+        return format!(
+            "\"211 {id} {version} <{}-octet authenticator>\"",
+            a.as_bytes().len()
+        );
+    }
     let s = String::from_utf8_lossy(b);
     let s = s.trim_end_matches(['\r', '\n']);
     let s: String = s.chars().take(90).collect();

@@ -57,19 +57,23 @@ pub enum StartError {
     #[error("runtime {runtime}: no cookie: the OS random generator failed: {reason}")]
     Random { runtime: String, reason: String },
     #[error(
-        "runtime {runtime} (pid {pid}) did not connect and authenticate within {timeout:?} (RFC 3179 8.2){stderr}"
+        "runtime {runtime} (pid {pid}) did not connect and authenticate within {timeout:?} (RFC 3179 8.2){refused}{stderr}"
     )]
     NoConnection {
         runtime: String,
         pid: u32,
         timeout: Duration,
+        refused: String,
         stderr: String,
     },
-    #[error("runtime {runtime} (pid {pid}) exited before connecting: {status}{stderr}")]
+    #[error(
+        "runtime {runtime} (pid {pid}) exited ({status}) before a connection authenticated{refused}{stderr}"
+    )]
     ExitedEarly {
         runtime: String,
         pid: u32,
         status: String,
+        refused: String,
         stderr: String,
     },
 }
@@ -300,6 +304,7 @@ async fn start_tcp(
     let stderr: BoxRead = Box::new(child.stderr.take().expect("piped stderr"));
 
     let deadline = tokio::time::Instant::now() + hello_timeout;
+    let mut refused = String::new();
     let mut handshakes: JoinSet<Authenticated> = JoinSet::new();
     let outcome = loop {
         tokio::select! {
@@ -323,15 +328,18 @@ async fn start_tcp(
                         tracing::debug!(runtime = %name, %peer, "runtime authenticated");
                         break Ok(parts);
                     }
-                    Err(e) => tracing::warn!(runtime = %name, %peer, "closed SMX connection: {e}"),
+                    Err(e) => {
+                        tracing::warn!(runtime = %name, %peer, "closed SMX connection: {e}");
+                        refused = format!("; last refused connection from {peer}: {e}");
+                    }
                 }
             }
             status = child.wait() => {
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                break Err(StartError::ExitedEarly { runtime: name.clone(), pid, status, stderr: String::new() });
+                break Err(StartError::ExitedEarly { runtime: name.clone(), pid, status, refused: std::mem::take(&mut refused), stderr: String::new() });
             }
             _ = tokio::time::sleep_until(deadline) => {
-                break Err(StartError::NoConnection { runtime: name.clone(), pid, timeout: hello_timeout, stderr: String::new() });
+                break Err(StartError::NoConnection { runtime: name.clone(), pid, timeout: hello_timeout, refused: std::mem::take(&mut refused), stderr: String::new() });
             }
         }
     };
