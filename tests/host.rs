@@ -278,6 +278,20 @@ async fn terminated_state_then_538_sets_the_exit_code() {
     assert_eq!(r.exit_code, ExitCode::RuntimeError);
 }
 
+/// Regression: a single-threaded runtime's connection closes when its run ends; the 538
+/// that follows a 531 reporting `terminated` must still decide the ExitCode.
+#[tokio::test]
+async fn single_runtime_exit_code_arrives_after_terminated_state() {
+    let extra = fake_runtime("fake1", &["--start", "terminated-then-538"])
+        .replace("extensions = []", "extensions = []\nthreading = \"single\"");
+    let h = host(&extra);
+    let s = install(&h, "x.fake", "script", false);
+    for _ in 0..5 {
+        let r = finish(&h, h.launch(request(&s, Some("fake1"))).unwrap(), 10).await;
+        assert_eq!(r.exit_code, ExitCode::RuntimeError);
+    }
+}
+
 #[tokio::test]
 async fn deprecated_534_and_535() {
     let h = fake_host(&["--start", "deprecated=534"]);

@@ -803,13 +803,14 @@ impl Inner {
         conn.wake.notify_one();
     }
 
-    /// Takes a terminated run off its connection; an idle single-threaded runtime, or one
-    /// whose definition changed, is shut down.
+    /// Takes a run off its connection once its termination is settled (a run reported
+    /// terminated still expects its 538, a host abort its 232). An idle single-threaded
+    /// runtime, or one whose definition changed, is then shut down.
     fn detach(&self, run: RunId) {
         let serial = {
             let t = self.table.lock().expect("table lock");
             match t.get(run) {
-                Some(r) if r.info.is_terminated() => r.conn,
+                Some(r) if t.is_settled(run) => r.conn,
                 _ => None,
             }
         };
@@ -1293,7 +1294,10 @@ async fn keep(
                 // begin_abort makes the next action Wait; don't spin meanwhile.
                 wake.notified().await;
             }
-            KeeperAction::Settle(_) => i.table.lock().expect("table lock").force_settle(run),
+            KeeperAction::Settle(_) => {
+                i.table.lock().expect("table lock").force_settle(run);
+                i.detach(run);
+            }
             KeeperAction::Expire(_) => {
                 if i.table.lock().expect("table lock").remove(run).is_some() {
                     tracing::debug!(run = %run, "smRunExpireTime reached 0: row removed");
@@ -1366,8 +1370,20 @@ async fn serve(
     conn.close();
     conn.shutdown_writer().await;
     let grace = inner.config().host.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
     if exited.is_none() {
-        exited = match tokio::time::timeout(grace, child.wait()).await {
+        // Whatever the runtime still says while it shuts down is applied, up to its EOF.
+        loop {
+            tokio::select! {
+                frame = reader.next() => match frame {
+                    Ok(Some(Frame::Line(l))) => inner.on_line(&conn, &l),
+                    Ok(Some(Frame::Overlong)) => {}
+                    _ => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        exited = match tokio::time::timeout_at(deadline, child.wait()).await {
             Ok(s) => s.ok(),
             Err(_) => {
                 tracing::warn!(runtime = %conn.runtime, pid = ?conn.pid, "runtime did not exit within {grace:?} of its pipe closing: killing it");

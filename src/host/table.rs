@@ -589,6 +589,11 @@ impl Table {
         );
     }
 
+    /// Whether the run's termination is final and published (see `maybe_settle`).
+    pub fn is_settled(&self, id: RunId) -> bool {
+        self.runs.get(&id).is_some_and(|r| r.settled)
+    }
+
     /// What the keeper task of a run waits for next.
     pub fn keeper_action(&self, id: RunId, settle_grace: Duration) -> KeeperAction {
         let Some(r) = self.runs.get(&id) else {
