@@ -1,0 +1,583 @@
+//! OS security profiles (RFC 3179 sections 3, 6.2.1 and 9) with real users, groups, chroot
+//! and limits. These tests need root (CI runs as root) and skip, saying so, otherwise.
+//!
+//! Everything is checked from the outside: /proc/<pid> of the runtime process, and what a
+//! script running in the profile can and cannot do.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use smx::config::Config;
+use smx::host::{Host, LaunchError, LaunchRequest};
+use smx::proto::{ExitCode, RunState};
+use smx::storage::Storage;
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+macro_rules! need_root {
+    () => {
+        if !is_root() {
+            eprintln!("SKIP: this test needs root: it creates users and drops privileges");
+            return;
+        }
+    };
+}
+
+/// Creates a system group if it does not exist; returns its gid.
+fn group(name: &str) -> u32 {
+    let _ = Command::new("groupadd").args(["--system", name]).output();
+    nix::unistd::Group::from_name(name)
+        .unwrap()
+        .expect("group exists")
+        .gid
+        .as_raw()
+}
+
+/// Creates a system user (no home, no login) if it does not exist; returns (uid, gid).
+fn user(name: &str) -> (u32, u32) {
+    let _ = Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ])
+        .output();
+    let u = nix::unistd::User::from_name(name)
+        .unwrap()
+        .expect("user exists");
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+/// A world-readable directory with a copy of the smx binary: the repository (and so the
+/// build directory) may sit where the dropped users cannot reach, such as /root.
+struct Sandbox {
+    dir: tempfile::TempDir,
+    smx: PathBuf,
+}
+
+fn sandbox() -> Sandbox {
+    let dir = tempfile::Builder::new()
+        .prefix("smx-profile-test-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let smx = dir.path().join("smx");
+    std::fs::copy(smx_bin(), &smx).unwrap();
+    std::fs::set_permissions(&smx, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Sandbox { dir, smx }
+}
+
+fn profiles_config(smx: &Path, extra: &str) -> Config {
+    let (ops, _) = user("smxt-ops");
+    let _ = user("smxt-noc");
+    let _ = (ops, group("smxt-extra"));
+    let mut c = Config::embedded();
+    let text = format!(
+        r#"
+[host]
+hello_timeout = "5s"
+command_timeout = "5s"
+
+[[runtime]]
+name = "exec"
+command = [{smx:?}, "exec-runtime", "--profiles", "trusted"]
+extensions = ["sh"]
+profiles = ["trusted"]
+
+[[os_profile]]
+name = "ops"
+user = "smxt-ops"
+groups = ["smxt-extra"]
+rlimits = {{ nofile = 64, cpu = 60, core = 0, as = "2G" }}
+umask = "027"
+env = {{ LANG = "C.UTF-8", SMX_PROFILE_NOTE = "from the profile" }}
+
+[[os_profile]]
+name = "noc"
+user = "smxt-noc"
+
+[[owner]]
+name = "ops"
+os_profile = "ops"
+runtime_profile = "trusted"
+
+[[owner]]
+name = "noc"
+os_profile = "noc"
+runtime_profile = "trusted"
+{extra}"#,
+        smx = smx.display().to_string()
+    );
+    c.extend(&text, "profiles-test.toml", None).unwrap();
+    c
+}
+
+fn launch_as(host: &Host, owner: &str, script: &str) -> smx::proto::RunId {
+    let mut r = LaunchRequest::new(script);
+    r.owner = Some(owner.into());
+    host.launch(r).unwrap()
+}
+
+fn status_field(pid: u32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
+}
+
+fn result_lines(r: &smx::host::RunInfo) -> Vec<String> {
+    r.result
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn runtime_runs_as_the_profile_user_with_only_what_it_needs() {
+    need_root!();
+    let sb = sandbox();
+    let (uid, gid) = user("smxt-ops");
+    let extra = group("smxt-extra");
+    // A root-only file that the script must not be able to read.
+    let secret = sb.dir.path().join("root-only");
+    std::fs::write(&secret, "top secret").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // An fd of the host opened without O_CLOEXEC: it must not reach the runtime.
+    let marker = sb.dir.path().join("leak-marker");
+    std::fs::write(&marker, "").unwrap();
+    let cpath = std::ffi::CString::new(marker.display().to_string()).unwrap();
+    // SAFETY: plain open(2) of a valid path; the fd is closed at the end of the test.
+    let leaked = unsafe { libc::open(cpath.as_ptr(), libc::O_RDONLY) };
+    assert!(leaked > 2);
+
+    let h = Host::new(profiles_config(&sb.smx, ""), Storage::temporary().unwrap());
+    let body = format!(
+        "#!/bin/sh\n\
+         echo \"id $(id -u) $(id -g) $(id -G)\"\n\
+         echo \"nofile $(ulimit -n)\"\n\
+         if cat {secret} >/dev/null 2>&1; then echo secret readable; else echo secret denied; fi\n\
+         if (echo x >> \"$SMX_SCRIPT\") 2>/dev/null; then echo script writable; else echo script read-only; fi\n\
+         echo \"home $HOME user $USER\"\n",
+        secret = secret.display()
+    );
+    let s = install(&h, "whoami.sh", &body, true);
+    let run = launch_as(&h, "ops", &s);
+    let r = finish(&h, run, 20).await;
+    assert_eq!(r.exit_code, ExitCode::NoError, "{}", r.error);
+    assert_eq!(r.os_profile.as_deref(), Some("ops"));
+    let lines = result_lines(&r);
+    assert_eq!(
+        lines[0],
+        format!(
+            "id {uid} {gid} {}",
+            [gid, extra].map(|g| g.to_string()).join(" ")
+        )
+    );
+    assert_eq!(lines[1], "nofile 64");
+    assert_eq!(lines[2], "secret denied");
+    assert_eq!(lines[3], "script read-only");
+    assert_eq!(lines[4], "home /nonexistent user smxt-ops");
+
+    // The runtime process itself, as the kernel sees it.
+    let pid = r.runtime_pid.unwrap();
+    assert_eq!(
+        status_field(pid, "Uid"),
+        format!("{uid}\t{uid}\t{uid}\t{uid}"),
+        "real/effective/saved/fs uid"
+    );
+    assert_eq!(
+        status_field(pid, "Gid"),
+        format!("{gid}\t{gid}\t{gid}\t{gid}"),
+        "real/effective/saved/fs gid"
+    );
+    assert_eq!(
+        status_field(pid, "Groups"),
+        extra.to_string(),
+        "exactly the configured supplementary groups"
+    );
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "Umask"), "0027");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        nofile.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["64", "64"],
+        "{nofile}"
+    );
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().collect::<Vec<_>>()[4..6],
+        ["0", "0"],
+        "{core}"
+    );
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let pgrp: u32 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(pgrp, pid, "the runtime leads its own process group");
+
+    // A clean environment: only what the profile and SMX put there, nothing of the host's.
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let keys: BTreeSet<String> = environ
+        .split(|b| *b == 0)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            String::from_utf8_lossy(e)
+                .split('=')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let expected: BTreeSet<String> = [
+        "HOME",
+        "LANG",
+        "LOGNAME",
+        "PATH",
+        "SMX_PROFILE_NOTE",
+        "SMX_RUNTIME",
+        "SMX_TRANSPORT",
+        "USER",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(keys, expected);
+
+    // No fd of the host crossed exec, although one was inheritable.
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        assert_ne!(
+            target,
+            marker,
+            "host fd {leaked} leaked into the runtime as {:?}",
+            fd.file_name()
+        );
+    }
+    let control = Command::new("sleep").arg("5").spawn().unwrap();
+    let inherited = std::fs::read_dir(format!("/proc/{}/fd", control.id()))
+        .unwrap()
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).ok().as_deref() == Some(marker.as_path()));
+    assert!(
+        inherited,
+        "control: a plain child does inherit the marker fd"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(control.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    // SAFETY: closing the fd this test opened.
+    unsafe { libc::close(leaked) };
+
+    // Regaining root is impossible for the runtime: setuid(0) as that user fails. (The
+    // child's own check aborts the start if it did not; here we check the kernel agrees.)
+    let o = Command::new(&sb.smx)
+        .arg("--version")
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .expect("smx runs as the profile user");
+    assert!(o.status.success());
+    h.shutdown().await;
+}
+
+use std::os::unix::process::CommandExt;
+
+#[tokio::test]
+async fn two_owners_run_concurrently_in_separate_runtime_processes() {
+    need_root!();
+    let sb = sandbox();
+    let (ops, _) = user("smxt-ops");
+    let (noc, _) = user("smxt-noc");
+    let h = Host::new(profiles_config(&sb.smx, ""), Storage::temporary().unwrap());
+    let s = install(&h, "sleep.sh", "#!/bin/sh\nsleep 30\n", true);
+    let a = launch_as(&h, "ops", &s);
+    let b = launch_as(&h, "noc", &s);
+    let ra = reach(&h, a, RunState::Executing).await;
+    let rb = reach(&h, b, RunState::Executing).await;
+    let (pa, pb) = (ra.runtime_pid.unwrap(), rb.runtime_pid.unwrap());
+    assert_ne!(pa, pb, "different OS profiles never share a runtime");
+    assert_eq!(
+        status_field(pa, "Uid").split('\t').next().unwrap(),
+        ops.to_string()
+    );
+    assert_eq!(
+        status_field(pb, "Uid").split('\t').next().unwrap(),
+        noc.to_string()
+    );
+    // A second run of the same owner goes to the same runtime (RFC 3179 6.2.1).
+    let c = launch_as(&h, "ops", &s);
+    assert_eq!(
+        reach(&h, c, RunState::Executing).await.runtime_pid,
+        Some(pa)
+    );
+    assert_eq!(h.stats().runtime_processes.len(), 2);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn chroot_hides_the_host_and_script_paths_are_translated() {
+    need_root!();
+    let sb = sandbox();
+    let root = sb.dir.path().join("root");
+    // The root holds smx, /bin/sh and their shared libraries, and the script storage.
+    for bin in [smx_bin(), PathBuf::from("/bin/sh")] {
+        let out = Command::new("ldd").arg(&bin).output().unwrap();
+        for lib in String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+        {
+            let src = std::fs::canonicalize(lib).unwrap();
+            let dst = root.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy(
+        std::fs::canonicalize("/bin/sh").unwrap(),
+        root.join("bin/sh"),
+    )
+    .unwrap();
+    std::fs::copy(smx_bin(), root.join("smx")).unwrap();
+    for p in ["bin/sh", "smx"] {
+        std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let storage = root.join("scripts");
+    let extra = format!(
+        "[[os_profile]]\nname = \"jail\"\nuser = \"smxt-ops\"\nchroot = {:?}\n\n\
+         [[owner]]\nname = \"jailed\"\nos_profile = \"jail\"\nruntime_profile = \"trusted\"\n\n\
+         [[runtime]]\nname = \"jexec\"\ncommand = [\"/smx\", \"exec-runtime\"]\nprofiles = [\"trusted\"]\n",
+        root.display().to_string()
+    );
+    let h = Host::new(
+        profiles_config(&sb.smx, &extra),
+        Storage::open(&storage).unwrap(),
+    );
+    let body = "#!/bin/sh\n\
+        if [ -e /etc/passwd ]; then echo etc visible; else echo etc hidden; fi\n\
+        echo \"script $SMX_SCRIPT\"\n\
+        echo \"cwd $(pwd)\"\n";
+    let s = install(&h, "jail.sh", body, true);
+    let mut req = LaunchRequest::new(s.clone());
+    req.owner = Some("jailed".into());
+    req.runtime = Some("jexec".into());
+    let r = finish(&h, h.launch(req).unwrap(), 20).await;
+    assert_eq!(r.exit_code, ExitCode::NoError, "{}", r.error);
+    assert_eq!(
+        result_lines(&r),
+        ["etc hidden", &format!("script /scripts/{s}"), "cwd /"]
+    );
+    let pid = r.runtime_pid.unwrap();
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/root")).unwrap(),
+        std::fs::canonicalize(&root).unwrap()
+    );
+
+    // A storage outside the root cannot serve a chrooted owner: refused at launch.
+    let h2 = Host::new(
+        profiles_config(&sb.smx, &extra),
+        Storage::temporary().unwrap(),
+    );
+    let s2 = install(&h2, "jail.sh", body, true);
+    let mut req = LaunchRequest::new(s2);
+    req.owner = Some("jailed".into());
+    req.runtime = Some("jexec".into());
+    assert!(matches!(
+        h2.launch(req),
+        Err(LaunchError::NotInChroot { .. })
+    ));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn profile_setup_failures_end_the_run_and_name_the_step() {
+    need_root!();
+    let sb = sandbox();
+    let extra = "[[os_profile]]\nname = \"greedy\"\nuser = \"smxt-ops\"\nrlimits = { nofile = 1099511627776 }\n\
+                 [[owner]]\nname = \"greedy\"\nos_profile = \"greedy\"\nruntime_profile = \"trusted\"\n\
+                 [[os_profile]]\nname = \"ghost\"\nuser = \"smxt-no-such-user\"\n\
+                 [[owner]]\nname = \"ghost\"\nos_profile = \"ghost\"\nruntime_profile = \"trusted\"\n";
+    let h = Host::new(
+        profiles_config(&sb.smx, extra),
+        Storage::temporary().unwrap(),
+    );
+    let s = install(&h, "x.sh", "#!/bin/sh\n", true);
+    let r = finish(&h, launch_as(&h, "greedy", &s), 20).await;
+    assert_eq!(
+        (r.state, r.exit_code),
+        (RunState::Terminated, ExitCode::GenericError)
+    );
+    assert!(
+        r.error.contains("failed at step `setrlimit`"),
+        "{}",
+        r.error
+    );
+    let r = finish(&h, launch_as(&h, "ghost", &s), 20).await;
+    assert_eq!(r.exit_code, ExitCode::GenericError);
+    assert!(
+        r.error.contains("unknown user smxt-no-such-user"),
+        "{}",
+        r.error
+    );
+}
+
+#[tokio::test]
+async fn unmapped_owners_are_refused_and_star_maps_the_rest() {
+    // No root needed: refusing must happen before anything is started.
+    let sb = sandbox();
+    let h = Host::new(profiles_config(&sb.smx, ""), Storage::temporary().unwrap());
+    let s = install(&h, "x.sh", "#!/bin/sh\n", true);
+    let mut r = LaunchRequest::new(s.clone());
+    r.owner = Some("mallory".into());
+    let e = h.launch(r).unwrap_err();
+    assert!(matches!(e, LaunchError::OwnerNotMapped(_)), "{e}");
+    assert!(e.to_string().contains("\"mallory\" is not mapped"), "{e}");
+    let mut r = LaunchRequest::new(s.clone());
+    r.owner = Some("ops".into());
+    r.profile = Some("other".parse().unwrap());
+    assert!(
+        matches!(h.launch(r), Err(LaunchError::ProfileOverride { .. })),
+        "an owner's profile cannot be overridden"
+    );
+
+    if !is_root() {
+        eprintln!("SKIP (rest): running a '*'-mapped owner needs root");
+        return;
+    }
+    let star = "[[owner]]\nname = \"*\"\nos_profile = \"noc\"\nruntime_profile = \"trusted\"\n";
+    let h = Host::new(
+        profiles_config(&sb.smx, star),
+        Storage::temporary().unwrap(),
+    );
+    let s = install(&h, "x.sh", "#!/bin/sh\nid -un\n", true);
+    let r = finish(&h, launch_as(&h, "mallory", &s), 20).await;
+    assert_eq!(
+        (r.exit_code, r.result.as_str()),
+        (ExitCode::NoError, Some("smxt-noc"))
+    );
+    assert_eq!(r.owner, "mallory");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn path_traversal_and_symlink_escapes_are_refused() {
+    let h = host("");
+    let s = install(&h, "ok.sh", "#!/bin/sh\n", true);
+    for bad in ["../../etc/passwd", "/etc/passwd", "tester/../../x", ""] {
+        let e = h.launch(request(bad, None)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LaunchError::Storage(smx::storage::StorageError::BadPath(_))
+            ),
+            "{bad:?}: {e}"
+        );
+    }
+    let link = h.storage().root().join("tester/escape.sh");
+    std::os::unix::fs::symlink("/bin/true", &link).unwrap();
+    let e = h.launch(request("tester/escape.sh", None)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LaunchError::Storage(smx::storage::StorageError::Escape(_))
+        ),
+        "{e}"
+    );
+    let dir_link = h.storage().root().join("evil");
+    std::os::unix::fs::symlink("/usr/bin", &dir_link).unwrap();
+    let e = h.launch(request("evil/true", None)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LaunchError::Storage(smx::storage::StorageError::Escape(_))
+        ),
+        "{e}"
+    );
+    assert!(h.launch(request(&s, None)).is_ok());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn runtimes_die_with_the_host_and_inherit_none_of_its_environment() {
+    need_root!();
+    let sb = sandbox();
+    let cfg = sb.dir.path().join("smx.toml");
+    let text = format!(
+        "[[runtime]]\nname = \"exec\"\ncommand = [{:?}, \"exec-runtime\"]\nextensions = [\"sh\"]\nprofiles = [\"trusted\"]\n\
+         [[os_profile]]\nname = \"ops\"\nuser = \"smxt-ops\"\n[[owner]]\nname = \"ops\"\nos_profile = \"ops\"\nruntime_profile = \"trusted\"\n",
+        sb.smx.display().to_string()
+    );
+    let _ = user("smxt-ops");
+    std::fs::write(&cfg, text).unwrap();
+    let script = sb.dir.path().join("env.sh");
+    std::fs::write(&script, "#!/bin/sh\nenv | grep -c SMX_TEST_SECRET >&3\nenv > /dev/null\necho \"result $(env | grep -c hunter2)\" >&3\nsleep 60\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut host = Command::new(&sb.smx)
+        .args([
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--owner",
+            "ops",
+            script.to_str().unwrap(),
+        ])
+        .env("SMX_TEST_SECRET", "hunter2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let hpid = host.id();
+    eventually(20, "the runtime and its script to start", || {
+        children(hpid).iter().any(|rt| !children(*rt).is_empty())
+    })
+    .await;
+    let runtime = *children(hpid)
+        .iter()
+        .find(|rt| !children(**rt).is_empty())
+        .unwrap();
+    let script_pid = children(runtime)[0];
+    let environ = std::fs::read(format!("/proc/{runtime}/environ")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("hunter2"),
+        "the host's environment leaked"
+    );
+    // Kill the host outright: no clean-up code runs, the kernel must take the tree down.
+    host.kill().unwrap();
+    let _ = host.wait();
+    eventually(10, "the runtime to die with its host", || !alive(runtime)).await;
+    eventually(10, "the script to die with its runtime", || {
+        !alive(script_pid)
+    })
+    .await;
+}
