@@ -8,9 +8,12 @@
 //! - [`storage`]: the script storage the host writes and runtimes read.
 //! - [`exec`]: the built-in runtime for executable files.
 //! - [`conform`]: the conformance suite for any runtime (`smx conform`).
+//! - [`control`]: the daemon and its local control protocol; [`client`] talks to it.
 
+pub mod client;
 pub mod config;
 pub mod conform;
+pub mod control;
 pub mod exec;
 pub mod framing;
 pub mod host;

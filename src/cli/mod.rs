@@ -1,6 +1,7 @@
 //! Command-line definitions and dispatch. Each verb lives in its own module.
 
 mod conform;
+mod remote;
 mod run;
 
 use std::path::PathBuf;
@@ -39,6 +40,79 @@ pub enum Verb {
     },
     /// Check a runtime against RFC 3179 section 6.1 from the outside.
     Conform(conform::ConformArgs),
+    /// Run the host as a service with a local control socket.
+    Daemon {
+        /// Config file extending the embedded default (re-read on SIGHUP).
+        #[arg(long, env = "SMX_CONFIG")]
+        config: Option<PathBuf>,
+        /// Control socket (default: [control] socket, else /run/smx/smx.sock for root,
+        /// $XDG_RUNTIME_DIR/smx.sock otherwise).
+        #[arg(long, env = "SMX_SOCKET")]
+        socket: Option<PathBuf>,
+    },
+    /// List the runs the daemon knows (smRunTable) that you may see.
+    Ps {
+        /// Only this owner's runs.
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: remote::SocketArg,
+    },
+    /// Show every column of one run.
+    Status {
+        run: smx::proto::RunId,
+        /// Ask the runtime for the current state first (SMX `status`).
+        #[arg(long)]
+        refresh: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: remote::SocketArg,
+    },
+    /// Suspend a run (smRunControl suspend).
+    Suspend {
+        run: smx::proto::RunId,
+        #[command(flatten)]
+        socket: remote::SocketArg,
+    },
+    /// Resume a suspended run (smRunControl resume).
+    Resume {
+        run: smx::proto::RunId,
+        #[command(flatten)]
+        socket: remote::SocketArg,
+    },
+    /// Abort a run (smRunControl abort); it ends with halted.
+    Abort {
+        run: smx::proto::RunId,
+        #[command(flatten)]
+        socket: remote::SocketArg,
+    },
+    /// Change a run's lifetime (smRunLifeTime) and/or expire time (smRunExpireTime).
+    Set {
+        run: smx::proto::RunId,
+        /// Seconds the run may still execute; 0 aborts it now.
+        #[arg(long)]
+        lifetime: Option<u64>,
+        /// Seconds the row stays after the run terminated; 0 removes it then.
+        #[arg(long)]
+        expire: Option<u64>,
+        #[command(flatten)]
+        socket: remote::SocketArg,
+    },
+    /// Follow the daemon's run events (state changes, results, errors, terminations).
+    Events {
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        run: Option<smx::proto::RunId>,
+        /// One JSON object per event.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: remote::SocketArg,
+    },
     /// List the runtimes of the effective configuration (smLangTable).
     Runtimes {
         #[arg(long, env = "SMX_CONFIG")]
@@ -57,6 +131,7 @@ pub fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -73,6 +148,48 @@ pub fn dispatch(cli: Cli) -> anyhow_lite::Result<ExitCode> {
     match cli.command {
         Verb::Run(args) => current_thread()?.block_on(run::run(args)),
         Verb::Conform(args) => current_thread()?.block_on(conform::conform(args)),
+        Verb::Daemon { config, socket } => {
+            // Several worker threads: control clients are served in parallel. Runtimes are
+            // spawned from worker threads, which live as long as the daemon, so their
+            // parent-death signal fires only when the daemon goes.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(smx::control::server::run(config, socket))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Ps {
+            owner,
+            json,
+            socket,
+        } => current_thread()?.block_on(remote::ps(socket, owner, json)),
+        Verb::Status {
+            run,
+            refresh,
+            json,
+            socket,
+        } => current_thread()?.block_on(remote::status(socket, run, refresh, json)),
+        Verb::Suspend { run, socket } => {
+            current_thread()?.block_on(remote::control(socket, run, remote::Control::Suspend))
+        }
+        Verb::Resume { run, socket } => {
+            current_thread()?.block_on(remote::control(socket, run, remote::Control::Resume))
+        }
+        Verb::Abort { run, socket } => {
+            current_thread()?.block_on(remote::control(socket, run, remote::Control::Abort))
+        }
+        Verb::Set {
+            run,
+            lifetime,
+            expire,
+            socket,
+        } => current_thread()?.block_on(remote::set(socket, run, lifetime, expire)),
+        Verb::Events {
+            owner,
+            run,
+            json,
+            socket,
+        } => current_thread()?.block_on(remote::events(socket, owner, run, json)),
         Verb::ExecRuntime { profiles, grace } => {
             current_thread()?.block_on(smx::exec::serve(smx::exec::Options { profiles, grace }))?;
             Ok(ExitCode::SUCCESS)

@@ -40,6 +40,11 @@ pub struct RunArgs {
     /// Print the finished run as one JSON object instead of the bare result.
     #[arg(long)]
     pub json: bool,
+    /// Run through `smx daemon` instead of an in-process host.
+    #[arg(long)]
+    pub daemon: bool,
+    #[command(flatten)]
+    pub socket: super::remote::SocketArg,
     /// The script file (any readable path; it is copied into the script storage).
     pub script: PathBuf,
 }
@@ -63,7 +68,22 @@ pub fn exit_status(code: smx::proto::ExitCode) -> u8 {
     }
 }
 
+impl RunArgs {
+    /// smLaunchArgument from --argument or --argument-hex.
+    pub fn argument_octets(&self) -> Octets {
+        match (&self.argument, &self.argument_hex) {
+            (Some(t), _) => Octets::from(t.as_str()),
+            (_, Some(h)) => Octets::new(h.0.clone()),
+            _ => Octets::default(),
+        }
+    }
+}
+
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
+    if args.daemon {
+        let sock = args.socket.clone();
+        return super::remote::run_remote(sock, args).await;
+    }
     let config = Config::load_optional(args.config.as_deref())?;
     let storage = match &config.host.storage {
         Some(dir) => Storage::open(dir)?,
@@ -75,14 +95,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let mut events = host.subscribe();
 
     let mut req = LaunchRequest::new(script);
+    req.argument = args.argument_octets();
     req.owner = args.owner;
     req.runtime = args.runtime;
     req.profile = args.profile;
-    req.argument = match (args.argument, args.argument_hex) {
-        (Some(t), _) => Octets::from(t),
-        (_, Some(h)) => Octets::new(h.0),
-        _ => Octets::default(),
-    };
     req.lifetime = TimeInterval::from_secs(args.lifetime);
     req.expire_time = TimeInterval::MAX;
     let run = host.launch(req)?;
@@ -124,7 +140,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(exit_status(info.exit_code)))
 }
 
-fn print_outcome(info: &RunInfo, json: bool) -> std::io::Result<()> {
+pub fn print_outcome(info: &RunInfo, json: bool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer(&mut out, info)?;

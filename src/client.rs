@@ -1,0 +1,260 @@
+//! A client for `smx daemon`'s control socket (docs/control-protocol.md).
+//!
+//! One connection, one task: [`Client::call`] sends a request and returns its response,
+//! keeping any event lines that arrive meanwhile for [`Client::next_event`].
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::control::proto::*;
+use crate::framing::{Frame, LineReader};
+use crate::host::{Event, RunInfo, TimeInterval};
+use crate::proto::{Octets, RunId};
+
+/// Largest line accepted from the daemon (a `runs` answer over a big table is one line).
+const MAX_SERVER_LINE: usize = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach smx daemon at {path}: {source} (is `smx daemon` running? set --socket or SMX_SOCKET)"
+    )]
+    NotRunning {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the daemon closed the connection")]
+    Closed,
+    #[error("unexpected data from the daemon: {0}")]
+    Protocol(String),
+    #[error("daemon speaks {0} version {1}; this client speaks version {VERSION}")]
+    Version(String, u32),
+    /// The daemon refused the request.
+    #[error("{message} ({code})", code = serde_json::to_value(.code).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())]
+    Refused { code: ErrorCode, message: String },
+}
+
+/// Something that arrived for a subscription.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    Event(Event),
+    /// This many events were lost because the client read too slowly.
+    Lagged(u64),
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+pub struct Client {
+    reader: LineReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    next_id: u64,
+    notices: VecDeque<Notice>,
+    pub greeting: Greeting,
+}
+
+impl Client {
+    /// Connects and reads the greeting.
+    pub async fn connect(path: &Path) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::NotRunning {
+                path: path.to_owned(),
+                source,
+            })?;
+        let (r, w) = stream.into_split();
+        let mut reader = LineReader::new(r, MAX_SERVER_LINE);
+        let first = match reader.next().await? {
+            Some(Frame::Line(l)) => l,
+            _ => return Err(ClientError::Closed),
+        };
+        let greeting: Greeting = serde_json::from_slice(&first)
+            .map_err(|e| ClientError::Protocol(format!("greeting: {e}")))?;
+        if greeting.protocol != PROTOCOL || greeting.version > VERSION {
+            return Err(ClientError::Version(greeting.protocol, greeting.version));
+        }
+        Ok(Client {
+            reader,
+            writer: w,
+            next_id: 1,
+            notices: VecDeque::new(),
+            greeting,
+        })
+    }
+
+    async fn read_line(&mut self) -> Result<ServerLine, ClientError> {
+        match self.reader.next().await? {
+            Some(Frame::Line(l)) => serde_json::from_slice(&l).map_err(|e| {
+                ClientError::Protocol(format!(
+                    "{e}: {}",
+                    String::from_utf8_lossy(&l[..l.len().min(120)])
+                ))
+            }),
+            Some(Frame::Overlong) => Err(ClientError::Protocol("over-long line".into())),
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    /// Sends `op` and returns its result, decoded as `T`.
+    pub async fn call<T: DeserializeOwned>(&mut self, op: Op) -> Result<T, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line = serde_json::to_vec(&Request {
+            id: Some(id.into()),
+            op,
+        })
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line).await?;
+        loop {
+            match self.read_line().await? {
+                ServerLine::Response(r) if r.id == Some(id.into()) => {
+                    return match (r.ok, r.result, r.error) {
+                        (true, Some(v), _) => serde_json::from_value(v)
+                            .map_err(|e| ClientError::Protocol(format!("result: {e}"))),
+                        (_, _, Some(e)) => Err(ClientError::Refused {
+                            code: e.code,
+                            message: e.message,
+                        }),
+                        _ => Err(ClientError::Protocol(
+                            "response without result or error".into(),
+                        )),
+                    };
+                }
+                ServerLine::Response(_) => {}
+                ServerLine::Event { event } => self.notices.push_back(Notice::Event(event)),
+                ServerLine::Lagged { lagged } => self.notices.push_back(Notice::Lagged(lagged)),
+                ServerLine::Shutdown { .. } => self.notices.push_back(Notice::Shutdown),
+            }
+        }
+    }
+
+    /// The next event of a subscription (see [`Client::subscribe`]).
+    pub async fn next_event(&mut self) -> Result<Notice, ClientError> {
+        if let Some(n) = self.notices.pop_front() {
+            return Ok(n);
+        }
+        loop {
+            match self.read_line().await? {
+                ServerLine::Event { event } => return Ok(Notice::Event(event)),
+                ServerLine::Lagged { lagged } => return Ok(Notice::Lagged(lagged)),
+                ServerLine::Shutdown { .. } => return Ok(Notice::Shutdown),
+                ServerLine::Response(_) => {}
+            }
+        }
+    }
+
+    pub async fn whoami(&mut self) -> Result<Whoami, ClientError> {
+        self.call(Op::Whoami).await
+    }
+
+    pub async fn languages(&mut self) -> Result<Vec<Language>, ClientError> {
+        self.call(Op::Languages).await
+    }
+
+    /// Stores a script for `owner`; returns its name in the storage.
+    pub async fn install(
+        &mut self,
+        owner: &str,
+        name: &str,
+        content: &[u8],
+        executable: bool,
+    ) -> Result<String, ClientError> {
+        let r: Installed = self
+            .call(Op::Install {
+                owner: owner.into(),
+                name: name.into(),
+                content: Octets::new(content),
+                executable,
+            })
+            .await?;
+        Ok(r.script)
+    }
+
+    pub async fn launch(&mut self, p: LaunchParams) -> Result<Launched, ClientError> {
+        self.call(Op::Launch(p)).await
+    }
+
+    pub async fn runs(&mut self, owner: Option<&str>) -> Result<Vec<RunInfo>, ClientError> {
+        self.call(Op::Runs {
+            owner: owner.map(String::from),
+        })
+        .await
+    }
+
+    pub async fn run(&mut self, run_id: RunId) -> Result<RunInfo, ClientError> {
+        self.call(Op::Run { run_id }).await
+    }
+
+    pub async fn suspend(&mut self, run_id: RunId) -> Result<RunInfo, ClientError> {
+        self.call(Op::Suspend { run_id }).await
+    }
+
+    pub async fn resume(&mut self, run_id: RunId) -> Result<RunInfo, ClientError> {
+        self.call(Op::Resume { run_id }).await
+    }
+
+    pub async fn abort(&mut self, run_id: RunId) -> Result<RunInfo, ClientError> {
+        self.call(Op::Abort { run_id }).await
+    }
+
+    pub async fn refresh(&mut self, run_id: RunId) -> Result<RunInfo, ClientError> {
+        self.call(Op::Refresh { run_id }).await
+    }
+
+    pub async fn set(
+        &mut self,
+        run_id: RunId,
+        lifetime: Option<TimeInterval>,
+        expire_time: Option<TimeInterval>,
+    ) -> Result<RunInfo, ClientError> {
+        self.call(Op::Set {
+            run_id,
+            lifetime,
+            expire_time,
+        })
+        .await
+    }
+
+    /// Waits until the run has terminated.
+    pub async fn wait(&mut self, run_id: RunId) -> Result<RunInfo, ClientError> {
+        self.call(Op::Wait { run_id }).await
+    }
+
+    /// Starts the event stream (optionally only one owner's or one run's events).
+    pub async fn subscribe(
+        &mut self,
+        owner: Option<&str>,
+        run_id: Option<RunId>,
+    ) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .call(Op::Subscribe {
+                owner: owner.map(String::from),
+                run_id,
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn stats(&mut self) -> Result<serde_json::Value, ClientError> {
+        self.call(Op::Stats).await
+    }
+
+    pub async fn reload(&mut self) -> Result<(), ClientError> {
+        let _: serde_json::Value = self.call(Op::Reload).await?;
+        Ok(())
+    }
+}
+
+/// The socket a client uses: the given path, else `SMX_SOCKET`, else the daemon's default.
+pub fn socket_path(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_owned)
+        .or_else(|| std::env::var_os("SMX_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(crate::control::server::default_socket)
+}

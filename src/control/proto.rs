@@ -1,0 +1,268 @@
+//! The control protocol: line-delimited JSON over a Unix socket (docs/control-protocol.md).
+//!
+//! Each request is one JSON object on one line with an `op` and an optional `id`, which the
+//! response repeats. Responses are `{"id":…, "ok":true, "result":…}` or
+//! `{"id":…, "ok":false, "error":{"code":…, "message":…}}`. After `subscribe`, event lines
+//! `{"event":{…}}` arrive between responses. The server greets every connection with
+//! `{"protocol":"smx-control","version":1,…}`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::host::{Event, RunInfo, TimeInterval};
+use crate::proto::{Octets, RunId};
+
+/// The protocol name in the greeting.
+pub const PROTOCOL: &str = "smx-control";
+/// The protocol version; a client should refuse a server with a larger major version.
+pub const VERSION: u32 = 1;
+/// Longest request line the server accepts (a script sent with `install` must fit).
+pub const MAX_REQUEST_LINE: usize = 4 << 20;
+
+/// The first line the server sends.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Greeting {
+    pub protocol: String,
+    pub version: u32,
+    pub server: String,
+}
+
+/// One request: an optional correlation id and the operation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Request {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<serde_json::Value>,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// The operations, mapped to the Script MIB.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Who the server thinks you are: user, uid, admin.
+    Whoami,
+    /// smLangTable: the runtimes (languages) offered.
+    Languages,
+    /// smScriptTable/smCodeTable: stores a script for an owner.
+    Install {
+        owner: String,
+        name: String,
+        content: Octets,
+        #[serde(default)]
+        executable: bool,
+    },
+    /// smLaunchStart: runs a stored script.
+    Launch(LaunchParams),
+    /// smRunTable: all rows the caller may see (optionally one owner's).
+    Runs {
+        #[serde(default)]
+        owner: Option<String>,
+    },
+    /// One smRunTable row.
+    Run { run_id: RunId },
+    /// smRunControl suspend.
+    Suspend { run_id: RunId },
+    /// smRunControl resume.
+    Resume { run_id: RunId },
+    /// smRunControl abort.
+    Abort { run_id: RunId },
+    /// Asks the runtime for the run's state (SMX `status`).
+    Refresh { run_id: RunId },
+    /// smRunLifeTime / smRunExpireTime.
+    Set {
+        run_id: RunId,
+        #[serde(default)]
+        lifetime: Option<TimeInterval>,
+        #[serde(default)]
+        expire_time: Option<TimeInterval>,
+    },
+    /// Waits until the run has terminated and returns its final row.
+    Wait { run_id: RunId },
+    /// Streams run events on this connection from now on.
+    Subscribe {
+        #[serde(default)]
+        owner: Option<String>,
+        #[serde(default)]
+        run_id: Option<RunId>,
+    },
+    /// Host and daemon counters.
+    Stats,
+    /// Re-reads the config file (like SIGHUP). Admins only.
+    Reload,
+}
+
+impl Op {
+    /// Every op name, for telling an unknown op from a malformed known one.
+    pub const NAMES: &'static [&'static str] = &[
+        "whoami",
+        "languages",
+        "install",
+        "launch",
+        "runs",
+        "run",
+        "suspend",
+        "resume",
+        "abort",
+        "refresh",
+        "set",
+        "wait",
+        "subscribe",
+        "stats",
+        "reload",
+    ];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Whoami => "whoami",
+            Op::Languages => "languages",
+            Op::Install { .. } => "install",
+            Op::Launch(_) => "launch",
+            Op::Runs { .. } => "runs",
+            Op::Run { .. } => "run",
+            Op::Suspend { .. } => "suspend",
+            Op::Resume { .. } => "resume",
+            Op::Abort { .. } => "abort",
+            Op::Refresh { .. } => "refresh",
+            Op::Set { .. } => "set",
+            Op::Wait { .. } => "wait",
+            Op::Subscribe { .. } => "subscribe",
+            Op::Stats => "stats",
+            Op::Reload => "reload",
+        }
+    }
+}
+
+/// smLaunchTable columns of one launch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LaunchParams {
+    /// smLaunchOwner.
+    pub owner: String,
+    /// smLaunchName; defaults to the script's file name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The script, relative to the script storage (as `install` returned it).
+    pub script: String,
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// smLaunchArgument: a string, or `{"hex": "..."}`.
+    #[serde(default)]
+    pub argument: Octets,
+    /// smLaunchLifeTime in centi-seconds (default 360000, one hour).
+    #[serde(default = "one_hour")]
+    pub lifetime: TimeInterval,
+    /// smLaunchExpireTime in centi-seconds (default 360000, one hour).
+    #[serde(default = "one_hour")]
+    pub expire_time: TimeInterval,
+}
+
+fn one_hour() -> TimeInterval {
+    TimeInterval::ONE_HOUR
+}
+
+/// Stable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The line is not a JSON object.
+    BadJson,
+    /// A known op with missing or invalid fields.
+    BadRequest,
+    UnknownOp,
+    /// The request line exceeds the limit; it was skipped.
+    LineTooLong,
+    /// The caller may not act for that owner or use that op.
+    NotPermitted,
+    NoSuchRun,
+    /// The run's state does not allow the operation (the MIB's inconsistentValue).
+    InvalidState,
+    /// The owner has no OS profile mapping.
+    OwnerNotMapped,
+    /// No runtime for the script, or an unknown runtime.
+    NoRuntime,
+    /// The runtime profile is not accepted or may not be chosen.
+    ProfileRefused,
+    /// The script is missing, outside the storage, or not storable.
+    BadScript,
+    ArgumentTooLong,
+    TooManyRuns,
+    ShuttingDown,
+    /// The config file could not be reloaded.
+    ConfigError,
+    Internal,
+}
+
+/// An error response body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// One line from the server after the greeting.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ServerLine {
+    Response(Response),
+    Event {
+        event: Event,
+    },
+    /// Events were dropped because this subscriber fell behind.
+    Lagged {
+        lagged: u64,
+    },
+    /// The daemon is shutting down; the connection closes next.
+    Shutdown {
+        shutdown: bool,
+    },
+}
+
+/// A response to one request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Response {
+    #[serde(default)]
+    pub id: Option<serde_json::Value>,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// `whoami` result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Whoami {
+    pub user: String,
+    pub uid: u32,
+    pub admin: bool,
+}
+
+/// One smLangTable row.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Language {
+    /// smLangIndex: the runtime's position in the registry, from 1.
+    pub index: u32,
+    pub name: String,
+    /// smLangDescr.
+    pub description: String,
+    pub extensions: Vec<String>,
+    pub profiles: Vec<String>,
+    pub transport: crate::config::Transport,
+    pub threading: crate::config::Threading,
+}
+
+/// `install` result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Installed {
+    pub script: String,
+}
+
+/// `launch` result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Launched {
+    pub run_id: RunId,
+    /// smRunIndex.
+    pub index: u32,
+}
+
+/// `runs` result.
+pub type Runs = Vec<RunInfo>;
