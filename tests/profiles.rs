@@ -283,7 +283,7 @@ async fn runtime_runs_as_the_profile_user_with_only_what_it_needs() {
             fd.file_name()
         );
     }
-    let control = Command::new("sleep").arg("5").spawn().unwrap();
+    let mut control = Command::new("sleep").arg("5").spawn().unwrap();
     let inherited = std::fs::read_dir(format!("/proc/{}/fd", control.id()))
         .unwrap()
         .flatten()
@@ -292,10 +292,8 @@ async fn runtime_runs_as_the_profile_user_with_only_what_it_needs() {
         inherited,
         "control: a plain child does inherit the marker fd"
     );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(control.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    let _ = control.kill();
+    let _ = control.wait();
     // SAFETY: closing the fd this test opened.
     unsafe { libc::close(leaked) };
 

@@ -3,7 +3,7 @@
 //! Every parser works on one whole message and never returns `Incomplete`: framing has
 //! already cut the line, so running out of input is a syntax error like any other.
 
-use nom::bytes::complete::{take_till, take_while1};
+use nom::bytes::complete::take_till;
 use nom::error::{Error, ErrorKind};
 use nom::{IResult, Parser};
 
@@ -93,18 +93,32 @@ impl<'a> Cursor<'a> {
         self.token_as(expected, check)
     }
 
-    /// `WSP` followed by a `QuotedString`.
+    /// `WSP` followed by a `QuotedString` that ends the field.
     pub fn quoted_field(&mut self, expected: &'static str) -> Step<Vec<u8>> {
         let at = self.offset();
         self.wsp().map_err(|_| Malformed { at, expected })?;
-        self.run(expected, quoted_string)
+        let v = self.run(expected, quoted_string)?;
+        self.field_end(expected)?;
+        Ok(v)
     }
 
-    /// `WSP` followed by `HexString / QuotedString`.
+    /// `WSP` followed by `HexString / QuotedString` that ends the field.
     pub fn value_field(&mut self, expected: &'static str) -> Step<Octets> {
         let at = self.offset();
         self.wsp().map_err(|_| Malformed { at, expected })?;
-        self.run(expected, value)
+        let v = self.run(expected, value)?;
+        self.field_end(expected)?;
+        Ok(v)
+    }
+
+    /// A field ends at WSP, CR, LF or the end of input, as the token fields do: `"a"x` or
+    /// `ABZZ` is a bad field (so `start` blames the right parameter, section 6.1.2 item 1),
+    /// not a good field followed by junk.
+    fn field_end(&self, expected: &'static str) -> Step<()> {
+        match self.rest.first() {
+            Some(&b) if !is_delim(b) => Err(self.fail(expected)),
+            _ => Ok(()),
+        }
     }
 
     /// The message terminator and nothing after it. Accepts CRLF and, leniently, a bare LF.
@@ -151,19 +165,13 @@ pub(crate) fn quoted_string(i: &[u8]) -> IResult<&[u8], Vec<u8>> {
     let Some((&b'"', body)) = i.split_first() else {
         return fail(i, ErrorKind::Char);
     };
-    let mut out = Vec::with_capacity(body.len().min(64));
+    // The value is never longer than the rest of the line, so this never reallocates.
+    let mut out = Vec::with_capacity(body.len());
     let mut pos = 0;
     loop {
-        // Copy the run of plain characters up to the next quote or backslash in one go.
-        let run = memchr::memchr2(b'"', b'\\', &body[pos..]).unwrap_or(body.len() - pos);
-        let plain = &body[pos..pos + run];
-        if let Some(bad) = plain
-            .iter()
-            .position(|&b| !(0x21..=0x7e).contains(&b) && !is_wsp(b))
-        {
-            return fail(&body[pos + bad..], ErrorKind::Char);
-        }
-        out.extend_from_slice(plain);
+        // Copy the run of plain characters (SP and VCHAR but `"` and `\`) in one go.
+        let run = swar::plain_run(&body[pos..]);
+        out.extend_from_slice(&body[pos..pos + run]);
         pos += run;
         match body.get(pos) {
             Some(b'"') => return Ok((&body[pos + 1..], out)),
@@ -180,21 +188,151 @@ pub(crate) fn quoted_string(i: &[u8]) -> IResult<&[u8], Vec<u8>> {
                 });
                 pos += 2;
             }
+            // HTAB is WSP, allowed literally
+            Some(b'\t') => {
+                out.push(b'\t');
+                pos += 1;
+            }
             _ => return fail(&body[pos..], ErrorKind::Char),
         }
     }
 }
 
-/// `HexString = 1*(HEXDIG HEXDIG)`; digits of either case.
+/// `HexString = 1*(HEXDIG HEXDIG)`; digits of either case. Takes the longest run of HEXDIG,
+/// which must be non-empty and of even length.
 pub(crate) fn hex_string(i: &[u8]) -> IResult<&[u8], Vec<u8>> {
-    let (rest, digits) = take_while1(|b: u8| b.is_ascii_hexdigit()).parse(i)?;
-    if digits.len() % 2 != 0 {
+    let mut out = vec![0u8; i.len() / 2];
+    let mut n = 0;
+    // Sixteen digits at a time while all are HEXDIG (results of up to 64 KiB come as hex, so
+    // this is the hot loop of a host reading results).
+    for (src, dst) in i.chunks_exact(16).zip(out.chunks_exact_mut(8)) {
+        let (a, b) = src.split_at(8);
+        let a = swar::hex8(u64::from_le_bytes(a.try_into().expect("8 bytes")));
+        let b = swar::hex8(u64::from_le_bytes(b.try_into().expect("8 bytes")));
+        let (Some(a), Some(b)) = (a, b) else {
+            break;
+        };
+        dst[..4].copy_from_slice(&a);
+        dst[4..].copy_from_slice(&b);
+        n += 8;
+    }
+    // The rest (and the end of the run) a pair at a time.
+    let mut pos = 2 * n;
+    while let Some(hi) = i.get(pos).and_then(|&b| hex_value(b)) {
+        let Some(lo) = i.get(pos + 1).and_then(|&b| hex_value(b)) else {
+            return fail(i, ErrorKind::HexDigit); // odd number of digits
+        };
+        out[n] = hi << 4 | lo;
+        n += 1;
+        pos += 2;
+    }
+    if pos == 0 {
         return fail(i, ErrorKind::HexDigit);
     }
-    let mut out = vec![0u8; digits.len() / 2];
-    match hex::decode_to_slice(digits, &mut out) {
-        Ok(()) => Ok((rest, out)),
-        Err(_) => fail(i, ErrorKind::HexDigit),
+    out.truncate(n);
+    Ok((&i[pos..], out))
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Branch-free checks on eight octets in a `u64` ("SIMD within a register").
+mod swar {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0x80;
+
+    /// The high bit of each octet that lies in `lo..=hi`. Every octet must be below 0x80, so
+    /// that no addition carries into the next octet.
+    fn in_range(x: u64, lo: u8, hi: u8) -> u64 {
+        let ge_lo = x.wrapping_add(ONES * u64::from(0x80 - lo));
+        let gt_hi = x.wrapping_add(ONES * u64::from(0x7f - hi));
+        ge_lo & !gt_hi & HIGH
+    }
+
+    /// The high bit of each octet that is zero.
+    fn zero_octets(x: u64) -> u64 {
+        !((((x & !HIGH) + !HIGH) | x) & HIGH) & HIGH
+    }
+
+    /// The high bit of each octet that is not a plain `QuotedString` character: not SP or
+    /// VCHAR, or `"`, or `\`.
+    fn special(x: u64) -> u64 {
+        let printable = in_range(x & !HIGH, 0x20, 0x7e) & !x;
+        (!printable & HIGH)
+            | zero_octets(x ^ (ONES * u64::from(b'"')))
+            | zero_octets(x ^ (ONES * u64::from(b'\\')))
+    }
+
+    /// The length of the leading run of SP and VCHAR other than `"` and `\`.
+    pub(super) fn plain_run(s: &[u8]) -> usize {
+        let mut chunks = s.chunks_exact(8);
+        let mut pos = 0;
+        for chunk in &mut chunks {
+            let m = special(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+            if m != 0 {
+                return pos + (m.trailing_zeros() / 8) as usize;
+            }
+            pos += 8;
+        }
+        let plain = |&b: &u8| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\';
+        pos + chunks.remainder().iter().take_while(|b| plain(b)).count()
+    }
+
+    /// Eight HEXDIGs (first digit in the lowest octet) to four octets; `None` if any of the
+    /// eight is not a HEXDIG.
+    pub(super) fn hex8(x: u64) -> Option<[u8; 4]> {
+        if x & HIGH != 0 {
+            return None;
+        }
+        let digit = in_range(x, b'0', b'9');
+        // 0x20 maps 'A'..='F' onto 'a'..='f'; only those two ranges land in 'a'..='f'.
+        let letter = in_range(x | (ONES * 0x20), b'a', b'f');
+        if digit | letter != HIGH {
+            return None;
+        }
+        // '0'..='9' -> 0..=9; 'A'/'a' (bit 6 set) -> (x & 15) + 9
+        let nibbles = (x & (ONES * 0x0f)) + ((x >> 6) & ONES) * 9;
+        // in each 16-bit lane: first digit << 4 | second digit, in the low octet
+        const LOW_NIBBLE: u64 = 0x000f_000f_000f_000f;
+        let lanes = ((nibbles & LOW_NIBBLE) << 4) | ((nibbles >> 8) & LOW_NIBBLE);
+        let b = lanes.to_le_bytes();
+        Some([b[0], b[2], b[4], b[6]])
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn swar_matches_scalar_for_every_octet_in_every_position() {
+            for pos in 0..8 {
+                for b in 0..=255u8 {
+                    let mut chunk = *b"0aF93cDe";
+                    chunk[pos] = b;
+                    let want = if chunk.iter().all(u8::is_ascii_hexdigit) {
+                        let mut v = [0u8; 4];
+                        hex::decode_to_slice(chunk, &mut v).unwrap();
+                        Some(v)
+                    } else {
+                        None
+                    };
+                    assert_eq!(hex8(u64::from_le_bytes(chunk)), want, "{chunk:?}");
+                    let plain = chunk
+                        .iter()
+                        .take_while(|&&c| (0x20..=0x7e).contains(&c) && c != b'"' && c != b'\\')
+                        .count();
+                    assert_eq!(plain_run(&chunk), plain, "{chunk:?}");
+                    // and in the scalar tail
+                    assert_eq!(plain_run(&chunk[..7]), plain.min(7), "{chunk:?}");
+                }
+            }
+        }
     }
 }
 

@@ -198,7 +198,7 @@ impl Reply {
                 let auth = if c.at_end() {
                     None
                 } else {
-                    let bytes = c.field("Authenticator", |t| hex_token(t))?;
+                    let bytes = c.field("Authenticator", hex_token)?;
                     Some(Authenticator::new(bytes).expect("a HexString is not empty"))
                 };
                 Reply::Hello { id, version, auth }
@@ -348,7 +348,7 @@ impl Reply {
 }
 
 fn hex_token(t: &[u8]) -> Option<Vec<u8>> {
-    if t.is_empty() || t.len() % 2 != 0 {
+    if t.is_empty() || !t.len().is_multiple_of(2) {
         return None;
     }
     hex::decode(t).ok()
