@@ -1036,8 +1036,9 @@ fn s6_1_2_start_checks_in_order() {
         ),
         (b"start 4 42 \"s\" p ZZ\r\n", Reject(4, 433, 17, "Argument")),
         (
+            // A HexString field is judged whole: the error points at its start.
             b"start 4 42 \"s\" p ABZZ\r\n",
-            Reject(4, 433, 19, "Argument"),
+            Reject(4, 433, 17, "Argument"),
         ),
         (
             b"start 4 42 \"s\" p 0x41\r\n",

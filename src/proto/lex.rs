@@ -198,47 +198,36 @@ pub(crate) fn quoted_string(i: &[u8]) -> IResult<&[u8], Vec<u8>> {
     }
 }
 
-/// `HexString = 1*(HEXDIG HEXDIG)`; digits of either case. Takes the longest run of HEXDIG,
-/// which must be non-empty and of even length.
-pub(crate) fn hex_string(i: &[u8]) -> IResult<&[u8], Vec<u8>> {
-    let mut out = vec![0u8; i.len() / 2];
-    let mut n = 0;
-    // Sixteen digits at a time while all are HEXDIG (results of up to 64 KiB come as hex, so
-    // this is the hot loop of a host reading results).
-    for (src, dst) in i.chunks_exact(16).zip(out.chunks_exact_mut(8)) {
-        let (a, b) = src.split_at(8);
-        let a = swar::hex8(u64::from_le_bytes(a.try_into().expect("8 bytes")));
-        let b = swar::hex8(u64::from_le_bytes(b.try_into().expect("8 bytes")));
-        let (Some(a), Some(b)) = (a, b) else {
-            break;
-        };
-        dst[..4].copy_from_slice(&a);
-        dst[4..].copy_from_slice(&b);
-        n += 8;
-    }
-    // The rest (and the end of the run) a pair at a time.
-    let mut pos = 2 * n;
-    while let Some(hi) = i.get(pos).and_then(|&b| hex_value(b)) {
-        let Some(lo) = i.get(pos + 1).and_then(|&b| hex_value(b)) else {
-            return fail(i, ErrorKind::HexDigit); // odd number of digits
-        };
-        out[n] = hi << 4 | lo;
-        n += 1;
-        pos += 2;
-    }
-    if pos == 0 {
-        return fail(i, ErrorKind::HexDigit);
-    }
-    out.truncate(n);
-    Ok((&i[pos..], out))
+/// The length of the field at the start of `i`: up to the next WSP, CR or LF.
+fn field_len(i: &[u8]) -> usize {
+    let end = memchr::memchr3(b' ', b'\r', b'\n', i).unwrap_or(i.len());
+    memchr::memchr(b'\t', &i[..end]).unwrap_or(end)
 }
 
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
+/// `HexString = 1*(HEXDIG HEXDIG)`; digits of either case. The whole field (up to WSP, CR or
+/// LF) must be hex digits, an even number of them; results of up to 64 KiB come as hex, so
+/// this is the hot loop of a host reading results, decoded with SIMD.
+pub(crate) fn hex_string(i: &[u8]) -> IResult<&[u8], Vec<u8>> {
+    // A value is the last field of every message that has one, so first try the whole rest
+    // of the line: one SIMD pass instead of a scan for the delimiter and then a decode.
+    let line = i
+        .strip_suffix(b"\n")
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    if let Some(digits) = line.filter(|d| !d.is_empty() && d.len().is_multiple_of(2)) {
+        let mut out = vec![0u8; digits.len() / 2];
+        if faster_hex::hex_decode(digits, &mut out).is_ok() {
+            return Ok((&i[digits.len()..], out));
+        }
+    }
+    let len = field_len(i);
+    let digits = &i[..len];
+    if digits.is_empty() || !len.is_multiple_of(2) {
+        return fail(i, ErrorKind::HexDigit);
+    }
+    let mut out = vec![0u8; len / 2];
+    match faster_hex::hex_decode(digits, &mut out) {
+        Ok(_) => Ok((&i[len..], out)),
+        Err(_) => fail(i, ErrorKind::HexDigit),
     }
 }
 
@@ -284,45 +273,16 @@ mod swar {
         pos + chunks.remainder().iter().take_while(|b| plain(b)).count()
     }
 
-    /// Eight HEXDIGs (first digit in the lowest octet) to four octets; `None` if any of the
-    /// eight is not a HEXDIG.
-    pub(super) fn hex8(x: u64) -> Option<[u8; 4]> {
-        if x & HIGH != 0 {
-            return None;
-        }
-        let digit = in_range(x, b'0', b'9');
-        // 0x20 maps 'A'..='F' onto 'a'..='f'; only those two ranges land in 'a'..='f'.
-        let letter = in_range(x | (ONES * 0x20), b'a', b'f');
-        if digit | letter != HIGH {
-            return None;
-        }
-        // '0'..='9' -> 0..=9; 'A'/'a' (bit 6 set) -> (x & 15) + 9
-        let nibbles = (x & (ONES * 0x0f)) + ((x >> 6) & ONES) * 9;
-        // in each 16-bit lane: first digit << 4 | second digit, in the low octet
-        const LOW_NIBBLE: u64 = 0x000f_000f_000f_000f;
-        let lanes = ((nibbles & LOW_NIBBLE) << 4) | ((nibbles >> 8) & LOW_NIBBLE);
-        let b = lanes.to_le_bytes();
-        Some([b[0], b[2], b[4], b[6]])
-    }
-
     #[cfg(test)]
     mod tests {
         use super::*;
 
         #[test]
-        fn swar_matches_scalar_for_every_octet_in_every_position() {
+        fn plain_run_matches_scalar_for_every_octet_in_every_position() {
             for pos in 0..8 {
                 for b in 0..=255u8 {
                     let mut chunk = *b"0aF93cDe";
                     chunk[pos] = b;
-                    let want = if chunk.iter().all(u8::is_ascii_hexdigit) {
-                        let mut v = [0u8; 4];
-                        hex::decode_to_slice(chunk, &mut v).unwrap();
-                        Some(v)
-                    } else {
-                        None
-                    };
-                    assert_eq!(hex8(u64::from_le_bytes(chunk)), want, "{chunk:?}");
                     let plain = chunk
                         .iter()
                         .take_while(|&&c| (0x20..=0x7e).contains(&c) && c != b'"' && c != b'\\')
@@ -366,6 +326,36 @@ mod tests {
         assert!(quoted_string(b"\"abc\\\"").is_err());
         assert!(quoted_string(b"abc\"").is_err());
         assert!(quoted_string(b"\"\\\x01\"").is_err());
+    }
+
+    #[test]
+    fn hex_matches_scalar_for_every_octet_in_every_position() {
+        // Every octet in every position of a 32-digit field, as the last field (the SIMD
+        // fast path) and followed by another field (the delimiter scan).
+        for pos in 0..32 {
+            for b in 0..=255u8 {
+                let mut digits = *b"0123456789abcdefABCDEF0011223344";
+                digits[pos] = b;
+                let want = hex::decode(digits).ok();
+                for tail in [&b"\r\n"[..], b"\n", b" x\r\n"] {
+                    let line = [&digits[..], tail].concat();
+                    let got = hex_string(&line).ok();
+                    let expect = match (&want, b) {
+                        // A delimiter ends the field early: the prefix is a shorter field.
+                        (_, b' ' | b'\t' | b'\r' | b'\n') => {
+                            hex::decode(&digits[..pos]).ok().filter(|v| !v.is_empty())
+                        }
+                        (w, _) => w.clone(),
+                    };
+                    assert_eq!(
+                        got.map(|(_, v)| v),
+                        expect,
+                        "{:?}",
+                        String::from_utf8_lossy(&line)
+                    );
+                }
+            }
+        }
     }
 
     #[test]
