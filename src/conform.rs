@@ -207,6 +207,10 @@ impl Report {
     }
 }
 
+fn status(state: RunState) -> impl Fn(&Reply) -> bool {
+    move |r| matches!(r, Reply::Status { state: s, .. } if *s == state)
+}
+
 fn negative(code: Negative) -> impl Fn(&Reply) -> bool {
     move |r| matches!(r, Reply::Negative { code: c, .. } if *c == code)
 }
@@ -659,28 +663,18 @@ async fn with_script(s: &mut Session, rep: &mut Report, opts: &Options, script: 
                 "suspend of a suspended script gives 231 (item 2)",
                 &sent,
                 got.as_ref(),
-                |r| {
-                    matches!(
-                        r,
-                        Reply::Status {
-                            state: RunState::Suspended,
-                            ..
-                        }
-                    )
-                },
+                status(RunState::Suspended),
             );
             let sent = format!("resume 45 {run}");
             s.send(&sent).await;
             let got = s.reply(45).await;
-            rep.expect("6.1.4", "resume gives 231 2", &sent, got.as_ref(), |r| {
-                matches!(
-                    r,
-                    Reply::Status {
-                        state: RunState::Executing,
-                        ..
-                    }
-                )
-            });
+            rep.expect(
+                "6.1.4",
+                "resume gives 231 2",
+                &sent,
+                got.as_ref(),
+                status(RunState::Executing),
+            );
         } else if unsupported {
             rep.add(
                 "6.1.4",
@@ -704,15 +698,7 @@ async fn with_script(s: &mut Session, rep: &mut Report, opts: &Options, script: 
             "resume of a running script gives 231 (item 2)",
             &sent,
             got.as_ref(),
-            |r| {
-                matches!(
-                    r,
-                    Reply::Status {
-                        state: RunState::Executing,
-                        ..
-                    }
-                )
-            },
+            status(RunState::Executing),
         );
 
         let sent = format!("abort 47 {run}");

@@ -576,7 +576,7 @@ async fn supervise(
         );
     }
     if code != ExitCode::NoError && code != ExitCode::Halted {
-        let why = describe(status);
+        let why = crate::process::describe_exit(status);
         let msg = if tail.is_empty() {
             why
         } else {
@@ -693,19 +693,13 @@ fn report(run: RunId, state: RunState, line: &[u8], out: &Out) {
 /// Polls /proc until the process is (or is no longer) stopped; bounded to one second.
 async fn wait_stopped(pid: i32, stopped: bool) -> bool {
     for _ in 0..200 {
-        match proc_state(pid) {
+        match crate::process::proc_state(pid) {
             Some(c) if (c == 'T' || c == 't') == stopped => return true,
             None => return !stopped,
             _ => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
     false
-}
-
-/// The state letter of /proc/<pid>/stat.
-pub fn proc_state(pid: i32) -> Option<char> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 fn last_line(bytes: &[u8]) -> String {
@@ -717,23 +711,6 @@ fn last_line(bytes: &[u8]) -> String {
         .unwrap_or("")
         .trim();
     line.chars().take(240).collect()
-}
-
-fn describe(s: std::process::ExitStatus) -> String {
-    match (s.code(), s.signal()) {
-        (Some(c), _) => format!("exit status {c}"),
-        (None, Some(sig)) => {
-            let name = nix::sys::signal::Signal::try_from(sig)
-                .map(|s| s.as_str().to_owned())
-                .unwrap_or_else(|_| sig.to_string());
-            if s.core_dumped() {
-                format!("killed by {name}, core dumped")
-            } else {
-                format!("killed by {name}")
-            }
-        }
-        _ => s.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -1388,10 +1388,7 @@ async fn serve(
             Err(_) => {
                 tracing::warn!(runtime = %conn.runtime, pid = ?conn.pid, "runtime did not exit within {grace:?} of its pipe closing: killing it");
                 if let Some(pid) = conn.pid {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                    crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
                 }
                 let _ = child.kill().await;
                 child.wait().await.ok()
@@ -1399,13 +1396,10 @@ async fn serve(
         };
     } else if let Some(pid) = conn.pid {
         // The runtime is gone; make sure nothing it left in its process group lingers.
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     }
     let status = exited
-        .map(describe_status)
+        .map(crate::process::describe_exit)
         .unwrap_or_else(|| "unknown status".into());
     let last = conn.last_stderr.lock().expect("stderr lock").clone();
     let reason = match why {
@@ -1428,24 +1422,6 @@ async fn serve(
         .conns
         .remove(&conn.serial);
     finished.send_replace(true);
-}
-
-fn describe_status(s: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (s.code(), s.signal()) {
-        (Some(c), _) => format!("exit status {c}"),
-        (None, Some(sig)) => {
-            let name = nix::sys::signal::Signal::try_from(sig)
-                .map(|s| s.as_str().to_owned())
-                .unwrap_or_else(|_| sig.to_string());
-            if s.core_dumped() {
-                format!("killed by {name}, core dumped")
-            } else {
-                format!("killed by {name}")
-            }
-        }
-        _ => s.to_string(),
-    }
 }
 
 fn is_executable(p: &std::path::Path) -> bool {

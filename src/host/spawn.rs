@@ -177,10 +177,7 @@ async fn tail(out: Option<BoxRead>) -> String {
 
 async fn kill_and_reap(child: &mut Child) {
     if let Some(pid) = child.id() {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     }
     let _ = child.kill().await;
 }

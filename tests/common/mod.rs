@@ -115,7 +115,7 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 
 /// The state letter of /proc/<pid>/stat ('S', 'R', 'T', ...).
 pub fn proc_state(pid: u32) -> Option<char> {
-    smx::exec::proc_state(pid as i32)
+    smx::process::proc_state(pid as i32)
 }
 
 /// Children of `pid` (from /proc/<pid>/task/*/children).
