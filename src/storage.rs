@@ -23,6 +23,12 @@ pub enum StorageError {
     TooLarge { size: u64, max: u64 },
 }
 
+/// No fork while a script is open for writing. A child forked in that window keeps a copy
+/// of the write fd until it execs, and executing the script meanwhile fails with ETXTBSY
+/// (the same race as golang/go#22315). Writers hold it exclusively while the file is
+/// open; the host holds it shared around spawning a runtime (fork to exec).
+pub(crate) static FORK_GUARD: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// Largest script the host installs.
 pub const MAX_SCRIPT_OCTETS: u64 = 16 << 20;
 
@@ -107,6 +113,7 @@ impl Storage {
         let tmp = dir.join(format!(".{file}.{}.tmp", std::process::id()));
         let mode = if executable { 0o755 } else { 0o644 };
         let write = || -> io::Result<()> {
+            let _no_fork = FORK_GUARD.write().unwrap_or_else(|e| e.into_inner());
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)

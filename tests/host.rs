@@ -718,3 +718,45 @@ async fn launch_refusals() {
         Err(smx::host::LaunchError::OwnerNotMapped(_))
     ));
 }
+
+/// Regression: a runtime forked while a script was being written kept a copy of the
+/// script's write fd until its exec, so executing the fresh script failed with ETXTBSY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_installed_while_runtimes_fork_never_hit_text_file_busy() {
+    let exec = smx_bin().display().to_string();
+    let h = host(&format!(
+        "[[runtime]]\nname = \"exec1\"\ncommand = [{exec:?}, \"exec-runtime\"]\nthreading = \"single\"\nprofiles = [\"trusted\"]\n"
+    ));
+    let quick = install(&h, "quick.sh", "#!/bin/sh\n", true);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forkers: Vec<_> = (0..3)
+        .map(|_| {
+            let (h, quick, stop) = (h.clone(), quick.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let run = h.launch(request(&quick, Some("exec1"))).unwrap();
+                    h.wait(run).await;
+                }
+            })
+        })
+        .collect();
+    let mut busy = Vec::new();
+    for i in 0..200 {
+        let s = install(&h, &format!("fresh{i}.sh"), "#!/bin/sh\nexit 0\n", true);
+        let r = finish(&h, h.launch(request(&s, None)).unwrap(), 20).await;
+        if r.exit_code != ExitCode::NoError {
+            busy.push(r.error);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in forkers {
+        let _ = f.await;
+    }
+    assert!(
+        busy.is_empty(),
+        "{} of 200 fresh scripts failed: {:?}",
+        busy.len(),
+        busy.first()
+    );
+    h.shutdown().await;
+}

@@ -140,18 +140,23 @@ fn spawn(
     os.apply(&mut cmd, cookie);
     cmd.envs(extra_env);
     cmd.env("SMX_RUNTIME", rt.name.0.as_str());
-    cmd.spawn()
-        .map_err(|e| match security::describe_spawn_error(&e) {
-            Some(p) => StartError::Profile {
-                runtime: rt.name.0.clone(),
-                source: p,
-            },
-            None => StartError::Spawn {
-                runtime: rt.name.0.clone(),
-                program: program.display().to_string(),
-                source: e,
-            },
-        })
+    let spawned = {
+        let _no_writer = crate::storage::FORK_GUARD
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        cmd.spawn()
+    };
+    spawned.map_err(|e| match security::describe_spawn_error(&e) {
+        Some(p) => StartError::Profile {
+            runtime: rt.name.0.clone(),
+            source: p,
+        },
+        None => StartError::Spawn {
+            runtime: rt.name.0.clone(),
+            program: program.display().to_string(),
+            source: e,
+        },
+    })
 }
 
 /// The last lines a failed runtime wrote, for an error text (bounded in size and time).
