@@ -570,18 +570,35 @@ async fn tcl_safe_profile_violations_are_security_violations() {
         "smx result before\nsocket localhost 9\n",
         false,
     );
-    let (a, b, c, d, e) = tokio::join!(
+    // A violation the script catches still ends the run with securityViolation.
+    let caught = install(
+        &h,
+        "caught.tcl",
+        "catch {exec true} err\nsmx result \"caught: $err\"\n",
+        false,
+    );
+    let (a, b, c, d, e, f) = tokio::join!(
         run(&h, &exec, Some("safe"), b""),
         run(&h, &open, Some("safe"), b""),
         run(&h, &sock, Some("restricted"), b""),
         // `trusted` has the full interpreter: the same scripts work.
         run(&h, &exec, Some("trusted"), b""),
         run(&h, &open, Some("trusted"), b""),
+        run(&h, &caught, Some("safe"), b""),
+    );
+    assert_end(
+        &f,
+        ExitCode::SecurityViolation,
+        "invalid command name \"exec\" (not allowed in profile safe)",
+    );
+    assert_eq!(
+        f.result.as_bytes(),
+        b"caught: invalid command name \"exec\""
     );
     assert_end(
         &a,
         ExitCode::SecurityViolation,
-        "invalid command name \"exec\" (not allowed in profile safe)\n    while executing\n\"exec true\"",
+        "invalid command name \"exec\" (not allowed in profile safe)\n    invoked from within\n\"exec true\"",
     );
     assert_eq!(a.result.as_bytes(), b"before");
     assert_end(

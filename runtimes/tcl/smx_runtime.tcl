@@ -398,6 +398,7 @@ proc ::smx::Start {id run script profile argument} {
     set R($run,aborts)  {}
     set R($run,exit)    ""
     set R($run,forbidden) {}
+    set R($run,violation) ""
     if {$Current eq "" && [llength $Order] == 0} {
         # Nothing else is running: it executes next (the main loop starts it right away).
         set R($run,state) 2
@@ -653,6 +654,10 @@ proc ::smx::Execute {run} {
     } else {
         lassign [Classify $run $code $res $opts] exit text
     }
+    if {$R($run,violation) ne "" && $exit ni {2 8}} {
+        set exit 8
+        set text $R($run,violation)
+    }
     catch {interp delete $c}
     set R($run,child) ""
     set Current ""
@@ -701,6 +706,9 @@ proc ::smx::Prepare {run} {
             interp share {} stderr $c
         }
         set R($run,forbidden) [concat [interp hidden $c] {tcl::chan::pipe}]
+        # A forbidden command is noted even if the script catches the error, so the run
+        # still ends with securityViolation (as the Python runtime does).
+        interp alias $c unknown {} ::smx::ChildUnknown $run
     }
     if {!$stdioMoved} {
         # SMX is still on stdin/stdout: keep the script away from them.
@@ -760,6 +768,17 @@ proc ::smx::Classify {run code res opts} {
         return [list 4 $info]
     }
     return [list 6 $info]
+}
+
+# `unknown` of a safe child: any unknown command is an error, as without the alias; a
+# command the profile hides is also recorded as a violation of the run.
+proc ::smx::ChildUnknown {run args} {
+    variable R
+    set cmd [lindex $args 0]
+    if {[string trimleft $cmd :] in $R($run,forbidden) && $R($run,violation) eq ""} {
+        set R($run,violation) "invalid command name \"$cmd\" (not allowed in profile $R($run,profile))"
+    }
+    return -code error -errorcode [list TCL LOOKUP COMMAND $cmd] "invalid command name \"$cmd\""
 }
 
 # The command-limit callback: re-arm, then answer whatever the host sent meanwhile.
