@@ -116,6 +116,41 @@ fn direct_status_rtt(iters: usize, script: &str) -> Duration {
     d
 }
 
+/// Whole runs of `script` started by writing `start` straight to an exec runtime and reading
+/// until its `538` (no host): the exec runtime's own share of a run.
+fn direct_run(iters: usize, script: &str) -> Duration {
+    let mut child = Command::new(smx_bin())
+        .arg("exec-runtime")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut w = child.stdin.take().unwrap();
+    let mut r = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    w.write_all(b"hello 1\r\n").unwrap();
+    r.read_line(&mut line).unwrap();
+    let mut run = 100u64;
+    let d = measure(5, iters, |n| {
+        for _ in 0..n {
+            run += 1;
+            let start = format!("start {run} {run} \"{script}\" trusted \"\"\r\n");
+            w.write_all(start.as_bytes()).unwrap();
+            loop {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                if line.starts_with("538") {
+                    assert!(line.trim_end().ends_with(" 1"), "{line}");
+                    break;
+                }
+            }
+        }
+    });
+    drop(w);
+    let _ = child.wait();
+    d
+}
+
 fn config() -> Config {
     let mut c = Config::embedded();
     let text = format!(
@@ -228,12 +263,27 @@ fn main() {
         }
         Duration::from_secs_f64(median(per))
     });
+    let direct = direct_run(run_iters, &trivial_abs.display().to_string());
     row(
         "run of /bin/true via host + warm exec rt",
         host_run,
         "fork+exec+wait of /bin/true",
         fork_exec,
         Some(1.2),
+    );
+    row(
+        "  of which: raw pipes -> exec rt, no host",
+        direct,
+        "fork+exec+wait of /bin/true",
+        fork_exec,
+        None,
+    );
+    row(
+        "  of which: the host",
+        host_run,
+        "raw pipes -> exec rt, no host",
+        direct,
+        None,
     );
     rt.block_on(host.shutdown());
 }
