@@ -154,7 +154,9 @@ fn direct_run(iters: usize, script: &str) -> Duration {
 fn config() -> Config {
     let mut c = Config::embedded();
     let text = format!(
-        "[[runtime]]\nname = \"exec\"\ncommand = [{:?}, \"exec-runtime\"]\nextensions = [\"sh\"]\nprofiles = [\"trusted\"]\n",
+        "[[runtime]]\nname = \"exec\"\ncommand = [{:?}, \"exec-runtime\"]\nextensions = [\"sh\"]\nprofiles = [\"trusted\"]\n\
+         [[runtime]]\nname = \"python-tcp\"\ncommand = [\"python3\", \"{{runtimes}}/python/smx_runtime.py\"]\n\
+         transport = \"tcp\"\nprofiles = [\"trusted\"]\n",
         smx_bin()
     );
     c.extend(&text, "bench", None).unwrap();
@@ -234,6 +236,49 @@ fn main() {
         host_rtt,
         "line echo RTT, raw pipes -> cat",
         cat,
+        None,
+    );
+
+    // (a') status round trip over TCP vs over the pipe, same (Python) runtime, same script.
+    let looper = host
+        .storage()
+        .install(
+            "bench",
+            "loop.py",
+            b"import time\nwhile True:\n    time.sleep(0.05)\n",
+            false,
+        )
+        .unwrap();
+    let status_rtt = |runtime: &'static str| {
+        let (host, looper) = (host.clone(), looper.clone());
+        rt.block_on(async move {
+            let mut req = LaunchRequest::new(looper);
+            req.runtime = Some(runtime.into());
+            req.lifetime = TimeInterval::MAX;
+            let run = host.launch(req).unwrap();
+            while host.run(run).unwrap().state != RunState::Executing {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let iters = rtt_iters / 5;
+            let mut per = Vec::new();
+            for _ in 0..5 {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    host.refresh(run).await.unwrap();
+                }
+                per.push(t.elapsed().as_secs_f64() / iters as f64);
+            }
+            host.abort(run).await.unwrap();
+            Duration::from_secs_f64(median(per))
+        })
+    };
+    let over_pipe = status_rtt("python");
+    let over_tcp = status_rtt("python-tcp");
+    row(
+        "status RTT, host -> python runtime over TCP",
+        over_tcp,
+        "same over the pipe",
+        over_pipe,
         None,
     );
 
