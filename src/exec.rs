@@ -651,10 +651,11 @@ fn report(run: RunId, state: RunState, line: &[u8], out: &Out) {
         None => (word, value.to_vec()),
     };
     let value = Octets::new(value);
-    let state = if state == RunState::Aborting {
-        RunState::Aborting
-    } else {
-        RunState::Executing
+    // The run's state now: a line the script wrote just before it was stopped may be read
+    // after the suspend, and must not report the run as executing again.
+    let state = match state {
+        RunState::Aborting | RunState::Suspended => state,
+        _ => RunState::Executing,
     };
     let reply = match word {
         b"result" => Reply::Result {
@@ -695,11 +696,29 @@ async fn wait_stopped(pid: i32, stopped: bool) -> bool {
     for _ in 0..200 {
         match crate::process::proc_state(pid) {
             Some(c) if (c == 'T' || c == 't') == stopped => return true,
+            // A vfork() parent whose child the same SIGSTOP stopped before exec stays in D
+            // until continued, and stops before running any code of its own.
+            Some('D') if stopped && stop_pending(pid) => return true,
             None => return !stopped,
             _ => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
     false
+}
+
+/// Whether SIGSTOP is pending for the process (or its thread group).
+fn stop_pending(pid: i32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let bit = 1u64 << (libc::SIGSTOP - 1);
+    s.lines()
+        .filter_map(|l| {
+            l.strip_prefix("ShdPnd:")
+                .or_else(|| l.strip_prefix("SigPnd:"))
+        })
+        .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .any(|m| m & bit != 0)
 }
 
 fn last_line(bytes: &[u8]) -> String {
