@@ -55,6 +55,32 @@ pub struct Identity {
     pub home: PathBuf,
 }
 
+impl Identity {
+    /// Whether the host already has exactly this uid, gid and set of supplementary groups
+    /// (real, effective and saved).
+    pub fn is_current(&self) -> bool {
+        let sorted = |mut v: Vec<Gid>| {
+            v.sort_by_key(|g| g.as_raw());
+            v.dedup();
+            v
+        };
+        let (Ok(u), Ok(g), Ok(groups)) = (
+            nix::unistd::getresuid(),
+            nix::unistd::getresgid(),
+            nix::unistd::getgroups(),
+        ) else {
+            return false;
+        };
+        [u.real, u.effective, u.saved]
+            .iter()
+            .all(|x| *x == self.uid)
+            && [g.real, g.effective, g.saved]
+                .iter()
+                .all(|x| *x == self.gid)
+            && sorted(groups) == sorted(self.groups.clone())
+    }
+}
+
 /// An OS profile resolved in the parent, ready to be applied in the child.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -273,28 +299,38 @@ impl Prepared {
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.process_group(0);
         cmd.kill_on_drop(true);
-        let rlimits = self.rlimits.clone();
-        let chroot = self.chroot_c.clone();
-        let identity = self.identity.clone();
-        let umask = self.umask;
-        let workdir = self.workdir.clone();
-        let parent = std::process::id() as libc::pid_t;
+        let plan = ChildPlan {
+            parent: std::process::id() as libc::pid_t,
+            cookie,
+            rlimits: self.rlimits.clone(),
+            chroot: self.chroot_c.clone(),
+            // Switching to the identity the host already has changes nothing, and an
+            // unprivileged host could not do it (setgroups needs CAP_SETGID): skip it.
+            identity: self.identity.clone().filter(|id| !id.is_current()),
+            no_new_privs: self.identity.is_some(),
+            umask: self.umask,
+            workdir: self.workdir.clone(),
+        };
         // SAFETY: the closure only makes async-signal-safe system calls on data prepared
         // above; it does not allocate, lock or log.
         unsafe {
-            cmd.pre_exec(move || {
-                child_setup(
-                    parent,
-                    cookie.as_ref().map(|f| f.as_raw_fd()),
-                    &rlimits,
-                    chroot.as_deref(),
-                    identity.as_ref(),
-                    umask,
-                    &workdir,
-                )
-            });
+            cmd.pre_exec(move || child_setup(&plan));
         }
     }
+}
+
+/// Everything the child needs between fork and exec, prepared in the parent.
+struct ChildPlan {
+    /// The host's pid, to notice it dying before the parent-death signal was armed.
+    parent: libc::pid_t,
+    cookie: Option<OwnedFd>,
+    rlimits: Vec<(nix::sys::resource::Resource, u64)>,
+    chroot: Option<CString>,
+    /// The identity to switch to, `None` to keep the current one.
+    identity: Option<Identity>,
+    no_new_privs: bool,
+    umask: Option<libc::mode_t>,
+    workdir: CString,
 }
 
 fn step_err(step: usize, errno: i32) -> io::Error {
@@ -310,15 +346,20 @@ fn check(step: usize, rc: libc::c_int) -> io::Result<()> {
 }
 
 /// Runs in the forked child. Async-signal-safe system calls only.
-fn child_setup(
-    parent: libc::pid_t,
-    cookie: Option<RawFd>,
-    rlimits: &[(nix::sys::resource::Resource, u64)],
-    chroot: Option<&std::ffi::CStr>,
-    identity: Option<&Identity>,
-    umask: Option<libc::mode_t>,
-    workdir: &std::ffi::CStr,
-) -> io::Result<()> {
+fn child_setup(plan: &ChildPlan) -> io::Result<()> {
+    let ChildPlan {
+        parent,
+        ref cookie,
+        ref rlimits,
+        ref chroot,
+        ref identity,
+        no_new_privs,
+        umask,
+        ref workdir,
+    } = *plan;
+    let cookie = cookie.as_ref().map(|f| f.as_raw_fd());
+    let chroot = chroot.as_deref();
+    let identity = identity.as_ref();
     // SAFETY (whole function): plain system calls on valid pointers to data owned by the
     // closure, which lives until exec.
     unsafe {
@@ -379,6 +420,8 @@ fn child_setup(
             if uid != 0 && libc::setuid(0) == 0 {
                 return Err(step_err(10, libc::EPERM));
             }
+        }
+        if no_new_privs {
             check(11, libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
         }
         if let Some(m) = umask {

@@ -579,3 +579,57 @@ async fn runtimes_die_with_the_host_and_inherit_none_of_its_environment() {
     })
     .await;
 }
+
+/// An unprivileged host can run an owner mapped to its own identity (nothing to switch),
+/// and gets a clear error for any other identity.
+#[tokio::test]
+async fn unprivileged_host_runs_owners_mapped_to_itself() {
+    need_root!();
+    let sb = sandbox();
+    let (uid, gid) = user("smxt-ops");
+    let _ = user("smxt-noc");
+    let cfg = sb.dir.path().join("self.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[runtime]]\nname = \"exec\"\ncommand = [{:?}, \"exec-runtime\"]\nextensions = [\"sh\"]\nprofiles = [\"trusted\"]\n\
+             [[os_profile]]\nname = \"me\"\nuser = \"smxt-ops\"\n[[owner]]\nname = \"me\"\nos_profile = \"me\"\nruntime_profile = \"trusted\"\n\
+             [[os_profile]]\nname = \"other\"\nuser = \"smxt-noc\"\n[[owner]]\nname = \"other\"\nos_profile = \"other\"\nruntime_profile = \"trusted\"\n",
+            sb.smx.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let script = sb.dir.path().join("who.sh");
+    std::fs::write(&script, "#!/bin/sh\nid -un\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |owner: &str| {
+        Command::new(&sb.smx)
+            .args([
+                "run",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--owner",
+                owner,
+                script.to_str().unwrap(),
+            ])
+            .env("TMPDIR", "/tmp")
+            .env("HOME", "/nonexistent")
+            .uid(uid)
+            .gid(gid)
+            .output()
+            .unwrap()
+    };
+    let o = run("me");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "smxt-ops\n");
+    let o = run("other");
+    assert_eq!(o.status.code(), Some(19), "genericError");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("failed at step `setgroups`: EPERM"), "{err}");
+}
