@@ -112,11 +112,33 @@ impl Client {
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push(b'\n');
         self.writer.write_all(&line).await?;
+        let want = serde_json::Value::from(id);
         loop {
-            match self.read_line().await? {
-                ServerLine::Response(r) if r.id == Some(id.into()) => {
-                    return match (r.ok, r.result, r.error) {
-                        (true, Some(v), _) => serde_json::from_value(v)
+            let l = match self.reader.next().await? {
+                Some(Frame::Line(l)) => l,
+                Some(Frame::Overlong) => {
+                    return Err(ClientError::Protocol("over-long line".into()));
+                }
+                None => return Err(ClientError::Closed),
+            };
+            // One pass over a response: its result stays raw JSON until decoded as `T`
+            // (the untagged ServerLine would buffer it, then build a Value, then convert).
+            #[derive(serde::Deserialize)]
+            struct Head<'a> {
+                #[serde(default)]
+                id: Option<serde_json::Value>,
+                ok: Option<bool>,
+                #[serde(default, borrow)]
+                result: Option<&'a serde_json::value::RawValue>,
+                #[serde(default)]
+                error: Option<ErrorBody>,
+            }
+            let head: Head =
+                serde_json::from_slice(&l).map_err(|e| ClientError::Protocol(format!("{e}")))?;
+            match head.ok {
+                Some(ok) if head.id.as_ref() == Some(&want) => {
+                    return match (ok, head.result, head.error) {
+                        (true, Some(v), _) => serde_json::from_str(v.get())
                             .map_err(|e| ClientError::Protocol(format!("result: {e}"))),
                         (_, _, Some(e)) => Err(ClientError::Refused {
                             code: e.code,
@@ -127,10 +149,15 @@ impl Client {
                         )),
                     };
                 }
-                ServerLine::Response(_) => {}
-                ServerLine::Event { event } => self.notices.push_back(Notice::Event(event)),
-                ServerLine::Lagged { lagged } => self.notices.push_back(Notice::Lagged(lagged)),
-                ServerLine::Shutdown { .. } => self.notices.push_back(Notice::Shutdown),
+                Some(_) => {}
+                None => match serde_json::from_slice::<ServerLine>(&l)
+                    .map_err(|e| ClientError::Protocol(format!("{e}")))?
+                {
+                    ServerLine::Event { event } => self.notices.push_back(Notice::Event(event)),
+                    ServerLine::Lagged { lagged } => self.notices.push_back(Notice::Lagged(lagged)),
+                    ServerLine::Shutdown { .. } => self.notices.push_back(Notice::Shutdown),
+                    ServerLine::Response(_) => {}
+                },
             }
         }
     }

@@ -186,6 +186,8 @@ pub enum ErrorCode {
     ArgumentTooLong,
     TooManyRuns,
     ShuttingDown,
+    /// The connection already has the maximum number of pending `wait`s (1024).
+    Busy,
     /// The config file could not be reloaded.
     ConfigError,
     Internal,

@@ -156,6 +156,11 @@ pub async fn run(
     shared.host.shutdown().await;
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     stop_tx.send_replace(true);
+    // Let every connection write its shutdown notice (bounded: a client may not read).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while shared.clients.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     tracing::info!("smx daemon stopped");
     Ok(())
 }
@@ -242,7 +247,8 @@ impl Peer {
     }
 }
 
-type Reply = Result<serde_json::Value, ErrorBody>;
+/// A result already serialized as JSON text, or an error.
+type Reply = Result<String, ErrorBody>;
 
 fn fail(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
     ErrorBody {
@@ -252,7 +258,7 @@ fn fail(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
 }
 
 fn ok<T: Serialize>(v: T) -> Reply {
-    serde_json::to_value(v).map_err(|e| fail(ErrorCode::Internal, e.to_string()))
+    serde_json::to_string(&v).map_err(|e| fail(ErrorCode::Internal, e.to_string()))
 }
 
 fn line<T: Serialize>(v: &T) -> String {
@@ -268,6 +274,9 @@ fn line<T: Serialize>(v: &T) -> String {
 
 /// Most requests one connection may have in flight.
 const MAX_IN_FLIGHT: usize = 64;
+/// Most `wait`s one connection may have pending; they are passive, so they have their own
+/// quota and never use up the one of the requests that act.
+const MAX_WAITS: usize = 1024;
 
 async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
     let admin_gid = *shared.admin_gid.lock().expect("admin lock");
@@ -294,6 +303,7 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
     let _ = tx.send(line(&greeting)).await;
     let mut reader = LineReader::new(read, MAX_REQUEST_LINE);
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let waits = Arc::new(Semaphore::new(MAX_WAITS));
     let mut subscription: Option<tokio::task::JoinHandle<()>> = None;
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -348,8 +358,28 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
             }
             continue;
         }
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
+        // Requests that act finish within the command timeout: a full quota just slows the
+        // reader down (backpressure). `wait`s may never finish, so they have their own quota
+        // and a full one is answered `busy` at once: the reader keeps reading, and an
+        // `abort` sent after many `wait`s is still served.
+        let permit = if matches!(req.op, Op::Wait { .. }) {
+            match waits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    let msg = format!(
+                        "{MAX_WAITS} waits of this connection are pending; retry when one is answered"
+                    );
+                    let _ = tx
+                        .send(respond(req.id, Err(fail(ErrorCode::Busy, msg))))
+                        .await;
+                    continue;
+                }
+            }
+        } else {
+            let Ok(p) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            p
         };
         let (s, p, tx) = (shared.clone(), peer.clone(), tx.clone());
         tokio::spawn(async move {
@@ -368,21 +398,26 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
 }
 
 fn respond(id: Option<serde_json::Value>, r: Reply) -> String {
-    let resp = match r {
-        Ok(result) => Response {
-            id,
-            ok: true,
-            result: Some(result),
-            error: None,
-        },
-        Err(e) => Response {
+    match r {
+        // Written by hand so that a big result is serialized once, straight from its rows
+        // (no serde_json::Value tree of 10,000 rows to build and drop).
+        Ok(result) => {
+            let id = serde_json::to_string(&id).unwrap_or_else(|_| "null".into());
+            let mut s = String::with_capacity(result.len() + id.len() + 32);
+            s.push_str("{\"id\":");
+            s.push_str(&id);
+            s.push_str(",\"ok\":true,\"result\":");
+            s.push_str(&result);
+            s.push_str("}\n");
+            s
+        }
+        Err(e) => line(&Response {
             id,
             ok: false,
             result: None,
             error: Some(e),
-        },
-    };
-    line(&resp)
+        }),
+    }
 }
 
 /// Parses a request, telling malformed JSON, unknown ops and bad fields apart.
@@ -586,8 +621,13 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
                 clients: usize,
                 uptime_secs: u64,
             }
+            let mut stats = host.stats();
+            if !peer.admin {
+                // Which users run which runtimes is for admins only.
+                stats.runtime_processes.clear();
+            }
             ok(Stats {
-                host: host.stats(),
+                host: stats,
                 clients: shared.clients.load(Ordering::Relaxed),
                 uptime_secs: shared.started.elapsed().as_secs(),
             })
