@@ -19,7 +19,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{alive, children, smx_bin};
+use common::{alive, children, group, smx_bin, user};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -1445,42 +1445,6 @@ fn cli_without_a_daemon_says_so_and_fails() {
 
 // =======================================================================================
 // Peer credentials, with real users.
-
-/// Creates a system group if needed; returns its gid.
-fn group(name: &str) -> u32 {
-    let _ = Command::new("groupadd").args(["--system", name]).output();
-    nix::unistd::Group::from_name(name)
-        .unwrap()
-        .unwrap_or_else(|| panic!("group {name} exists"))
-        .gid
-        .as_raw()
-}
-
-/// Creates a system user (no home, no login) in `groups` if needed; returns (uid, gid).
-fn user(name: &str, groups: &[&str]) -> (u32, u32) {
-    let _ = Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--home-dir",
-            "/nonexistent",
-            "--shell",
-            "/usr/sbin/nologin",
-            name,
-        ])
-        .output();
-    for g in groups {
-        let o = Command::new("usermod")
-            .args(["-aG", g, name])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "usermod -aG {g} {name}: {o:?}");
-    }
-    let u = nix::unistd::User::from_name(name)
-        .unwrap()
-        .unwrap_or_else(|| panic!("user {name} exists"));
-    (u.uid.as_raw(), u.gid.as_raw())
-}
 
 /// Someone to run commands as: uid, primary gid, supplementary gids (as a login would).
 #[derive(Clone)]

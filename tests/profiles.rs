@@ -30,35 +30,6 @@ macro_rules! need_root {
     };
 }
 
-/// Creates a system group if it does not exist; returns its gid.
-fn group(name: &str) -> u32 {
-    let _ = Command::new("groupadd").args(["--system", name]).output();
-    nix::unistd::Group::from_name(name)
-        .unwrap()
-        .expect("group exists")
-        .gid
-        .as_raw()
-}
-
-/// Creates a system user (no home, no login) if it does not exist; returns (uid, gid).
-fn user(name: &str) -> (u32, u32) {
-    let _ = Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--home-dir",
-            "/nonexistent",
-            "--shell",
-            "/usr/sbin/nologin",
-            name,
-        ])
-        .output();
-    let u = nix::unistd::User::from_name(name)
-        .unwrap()
-        .expect("user exists");
-    (u.uid.as_raw(), u.gid.as_raw())
-}
-
 /// A world-readable directory with a copy of the smx binary: the repository (and so the
 /// build directory) may sit where the dropped users cannot reach, such as /root.
 struct Sandbox {
@@ -79,8 +50,8 @@ fn sandbox() -> Sandbox {
 }
 
 fn profiles_config(smx: &Path, extra: &str) -> Config {
-    let (ops, _) = user("smxt-ops");
-    let _ = user("smxt-noc");
+    let (ops, _) = user("smxt-ops", &[]);
+    let _ = user("smxt-noc", &[]);
     let _ = (ops, group("smxt-extra"));
     let mut c = Config::embedded();
     let text = format!(
@@ -151,7 +122,7 @@ fn result_lines(r: &smx::host::RunInfo) -> Vec<String> {
 async fn runtime_runs_as_the_profile_user_with_only_what_it_needs() {
     need_root!();
     let sb = sandbox();
-    let (uid, gid) = user("smxt-ops");
+    let (uid, gid) = user("smxt-ops", &[]);
     let extra = group("smxt-extra");
     // A root-only file that the script must not be able to read.
     let secret = sb.dir.path().join("root-only");
@@ -315,8 +286,8 @@ use std::os::unix::process::CommandExt;
 async fn two_owners_run_concurrently_in_separate_runtime_processes() {
     need_root!();
     let sb = sandbox();
-    let (ops, _) = user("smxt-ops");
-    let (noc, _) = user("smxt-noc");
+    let (ops, _) = user("smxt-ops", &[]);
+    let (noc, _) = user("smxt-noc", &[]);
     let h = Host::new(profiles_config(&sb.smx, ""), Storage::temporary().unwrap());
     let s = install(&h, "sleep.sh", "#!/bin/sh\nsleep 30\n", true);
     let a = launch_as(&h, "ops", &s);
@@ -536,7 +507,7 @@ async fn runtimes_die_with_the_host_and_inherit_none_of_its_environment() {
          [[os_profile]]\nname = \"ops\"\nuser = \"smxt-ops\"\n[[owner]]\nname = \"ops\"\nos_profile = \"ops\"\nruntime_profile = \"trusted\"\n",
         sb.smx.display().to_string()
     );
-    let _ = user("smxt-ops");
+    let _ = user("smxt-ops", &[]);
     std::fs::write(&cfg, text).unwrap();
     let script = sb.dir.path().join("env.sh");
     std::fs::write(&script, "#!/bin/sh\nenv | grep -c SMX_TEST_SECRET >&3\nenv > /dev/null\necho \"result $(env | grep -c hunter2)\" >&3\nsleep 60\n").unwrap();
@@ -586,8 +557,8 @@ async fn runtimes_die_with_the_host_and_inherit_none_of_its_environment() {
 async fn unprivileged_host_runs_owners_mapped_to_itself() {
     need_root!();
     let sb = sandbox();
-    let (uid, gid) = user("smxt-ops");
-    let _ = user("smxt-noc");
+    let (uid, gid) = user("smxt-ops", &[]);
+    let _ = user("smxt-noc", &[]);
     let cfg = sb.dir.path().join("self.toml");
     std::fs::write(
         &cfg,

@@ -139,3 +139,41 @@ pub fn alive(pid: u32) -> bool {
 pub fn smx_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_smx"))
 }
+
+/// Creates a system group if needed; returns its gid.
+pub fn group(name: &str) -> u32 {
+    let _ = std::process::Command::new("groupadd")
+        .args(["--system", name])
+        .output();
+    nix::unistd::Group::from_name(name)
+        .unwrap()
+        .unwrap_or_else(|| panic!("group {name} exists"))
+        .gid
+        .as_raw()
+}
+
+/// Creates a system user (no home, no login) in `groups` if needed; returns (uid, gid).
+pub fn user(name: &str, groups: &[&str]) -> (u32, u32) {
+    let _ = std::process::Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ])
+        .output();
+    for g in groups {
+        let o = std::process::Command::new("usermod")
+            .args(["-aG", g, name])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "usermod -aG {g} {name}: {o:?}");
+    }
+    let u = nix::unistd::User::from_name(name)
+        .unwrap()
+        .unwrap_or_else(|| panic!("user {name} exists"));
+    (u.uid.as_raw(), u.gid.as_raw())
+}
