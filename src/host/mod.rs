@@ -1067,11 +1067,7 @@ impl Inner {
             }
         }
         // Runs that reported `terminated` but never their 538 settle now.
-        for r in t.snapshots().iter().filter(|r| r.is_terminated()) {
-            if t.get(r.run_id).is_some_and(|x| x.conn == Some(conn.serial)) {
-                t.force_settle(r.run_id);
-            }
-        }
+        t.settle_all_on(conn.serial);
     }
 
     async fn suspend(self: Arc<Self>, run: RunId) -> Result<RunInfo, ControlError> {

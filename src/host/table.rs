@@ -230,6 +230,8 @@ pub(crate) struct Run {
     ended_at: Option<Instant>,
     /// The termination has been published (event + `done`).
     settled: bool,
+    /// Its key in `Table::finished`, once terminated.
+    finished_key: Option<u64>,
     /// A `538`/`534`/`535` or `232` has fixed the ExitCode.
     pub exit_reported: bool,
     /// A host abort in progress.
@@ -367,6 +369,7 @@ impl Table {
             conn: None,
             ended_at: None,
             settled: false,
+            finished_key: None,
             exit_reported: false,
             aborting: None,
             suspend_unsupported: false,
@@ -491,6 +494,7 @@ impl Table {
         let info = r.info.clone();
         self.active -= 1;
         self.finished_seq += 1;
+        r.finished_key = Some(self.finished_seq);
         self.finished.insert(self.finished_seq, id);
         self.publish(
             &info,
@@ -594,6 +598,19 @@ impl Table {
         self.runs.get(&id).is_some_and(|r| r.settled)
     }
 
+    /// Settles every terminated run of connection `conn` whose ExitCode report never came.
+    pub fn settle_all_on(&mut self, conn: u64) {
+        let waiting: Vec<RunId> = self
+            .runs
+            .values()
+            .filter(|r| r.conn == Some(conn) && r.info.is_terminated() && !r.settled)
+            .map(|r| r.info.run_id)
+            .collect();
+        for id in waiting {
+            self.force_settle(id);
+        }
+    }
+
     /// What the keeper task of a run waits for next.
     pub fn keeper_action(&self, id: RunId, settle_grace: Duration) -> KeeperAction {
         let Some(r) = self.runs.get(&id) else {
@@ -647,7 +664,9 @@ impl Table {
             return None;
         }
         let r = self.runs.remove(&id)?;
-        self.finished.retain(|_, v| *v != id);
+        if let Some(k) = r.finished_key {
+            self.finished.remove(&k);
+        }
         self.publish(&r.info, EventKind::Removed);
         Some(r.info)
     }
