@@ -300,15 +300,8 @@ pub async fn run_remote(sock: SocketArg, args: super::run::RunArgs) -> Result<Ex
         };
         match n {
             Notice::Event(e) if e.run_id == run => match e.kind {
-                EventKind::Result { result, notify } => {
-                    eprintln!("smx: {}: {result}", if notify { "event" } else { "result" })
-                }
-                EventKind::Error { error, notify } => eprintln!(
-                    "smx: {}: {error}",
-                    if notify { "exception" } else { "error" }
-                ),
                 EventKind::Terminated { .. } => break c.run(run).await?,
-                _ => {}
+                kind => super::run::show_progress(&kind),
             },
             Notice::Shutdown => return Err("the daemon shut down before the run ended".into()),
             _ => {}

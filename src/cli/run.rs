@@ -106,17 +106,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let show = async {
         loop {
             match events.recv().await {
-                Ok(ev) if ev.run_id == run => match ev.kind {
-                    EventKind::Result { result, notify } => {
-                        let tag = if notify { "event" } else { "result" };
-                        eprintln!("smx: {tag}: {result}");
-                    }
-                    EventKind::Error { error, notify } => {
-                        let tag = if notify { "exception" } else { "error" };
-                        eprintln!("smx: {tag}: {error}");
-                    }
-                    _ => {}
-                },
+                Ok(ev) if ev.run_id == run => show_progress(&ev.kind),
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     eprintln!("smx: ({n} events not shown)");
@@ -138,6 +128,25 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let info = finished.ok_or("the run disappeared from the run table")?;
     print_outcome(&info, args.json)?;
     Ok(ExitCode::from(exit_status(info.exit_code)))
+}
+
+/// Shows an intermediate result or error of the run on stderr, as it arrives.
+pub fn show_progress(kind: &EventKind) {
+    match kind {
+        EventKind::Result { result, notify } => {
+            eprintln!(
+                "smx: {}: {result}",
+                if *notify { "event" } else { "result" }
+            )
+        }
+        EventKind::Error { error, notify } => {
+            eprintln!(
+                "smx: {}: {error}",
+                if *notify { "exception" } else { "error" }
+            )
+        }
+        _ => {}
+    }
 }
 
 pub fn print_outcome(info: &RunInfo, json: bool) -> std::io::Result<()> {
