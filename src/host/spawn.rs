@@ -19,7 +19,8 @@ use crate::config::{CookieDelivery, Registered, Transport, runtimes_dir};
 use crate::framing::{DEFAULT_MAX_LINE, LineReader};
 use crate::security::{self, COOKIE_FD, Prepared, ProfileError};
 
-use super::conn::{BoxRead, BoxWrite, HandshakeError, hello};
+use super::conn::{BoxRead, BoxWrite};
+use super::hello::{HandshakeError, hello};
 
 /// Why a runtime could not be started.
 #[derive(Debug, thiserror::Error)]

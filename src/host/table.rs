@@ -1,107 +1,21 @@
 //! The run table: one row per run, as the Script MIB's smRunTable means it (RFC 3165).
 //!
-//! All changes go through [`Table`] methods, which enforce the invariants that the rest of the
-//! host relies on: a terminated run never changes state again, its lifetime is 0, its expire
-//! time starts ticking, and every change is published as an [`Event`].
+//! The table is the only owner of run state: the row, which runtime connection a run is
+//! attached to and bound to, a host abort in progress, and the next deadline of its clocks.
+//! All changes go through [`Table`] methods, which keep the invariants the rest of the host
+//! relies on: a terminated run never changes state again, its lifetime is 0, its expire time
+//! starts ticking, it leaves its connection once its termination is settled, and every
+//! change is published as an [`Event`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, watch};
 
+use super::clock::{Countdown, TimeInterval};
 use crate::proto::{ExitCode, MAX_ERROR_OCTETS, MAX_RESULT_OCTETS, Octets, RunId, RunState};
-
-/// A TimeInterval of the Script MIB: hundredths of a second, 0..=2147483647.
-/// For smRunLifeTime the maximum means "never ticks" (no lifetime limit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct TimeInterval(u32);
-
-impl TimeInterval {
-    pub const MAX: TimeInterval = TimeInterval(2_147_483_647);
-    pub const ZERO: TimeInterval = TimeInterval(0);
-    /// smLaunchLifeTime's and smLaunchExpireTime's DEFVAL: one hour.
-    pub const ONE_HOUR: TimeInterval = TimeInterval(360_000);
-
-    /// `None` if out of the TimeInterval range.
-    pub fn from_centis(cs: u64) -> Option<Self> {
-        (cs <= u64::from(Self::MAX.0)).then_some(TimeInterval(cs as u32))
-    }
-
-    /// Whole seconds, saturating at the maximum (which then means "no limit").
-    pub fn from_secs(s: u64) -> Self {
-        TimeInterval(s.saturating_mul(100).min(u64::from(Self::MAX.0)) as u32)
-    }
-
-    pub fn centis(self) -> u32 {
-        self.0
-    }
-
-    pub fn is_infinite(self) -> bool {
-        self == Self::MAX
-    }
-
-    pub fn as_duration(self) -> Duration {
-        Duration::from_millis(u64::from(self.0) * 10)
-    }
-
-    fn from_duration(d: Duration) -> Self {
-        let cs = d.as_millis().div_ceil(10);
-        TimeInterval(cs.min(u128::from(Self::MAX.0 - 1)) as u32)
-    }
-}
-
-/// A countdown that may be paused, like smRunLifeTime (paused while suspended) and
-/// smRunExpireTime (running only once the run has terminated).
-#[derive(Debug, Clone)]
-struct Countdown {
-    value: TimeInterval,
-    /// `Some` while ticking: the instant `value` was last taken.
-    since: Option<Instant>,
-}
-
-impl Countdown {
-    fn new(value: TimeInterval) -> Self {
-        Countdown { value, since: None }
-    }
-
-    fn remaining(&self, now: Instant) -> TimeInterval {
-        match self.since {
-            Some(t) if !self.value.is_infinite() => {
-                let left = self.value.as_duration().saturating_sub(now - t);
-                TimeInterval::from_duration(left)
-            }
-            _ => self.value,
-        }
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        match self.since {
-            Some(t) if !self.value.is_infinite() => Some(t + self.value.as_duration()),
-            _ => None,
-        }
-    }
-
-    fn start(&mut self, now: Instant) {
-        if self.since.is_none() {
-            self.since = Some(now);
-        }
-    }
-
-    fn stop(&mut self, now: Instant) {
-        self.value = self.remaining(now);
-        self.since = None;
-    }
-
-    fn set(&mut self, value: TimeInterval, now: Instant) {
-        self.value = value;
-        if self.since.is_some() {
-            self.since = Some(now);
-        }
-    }
-}
 
 /// A snapshot of one smRunTable row plus the host's own bookkeeping.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -198,34 +112,43 @@ pub enum AbortCause {
     Manager,
     /// smRunLifeTime reached 0: lifeTimeExceeded.
     LifeTime,
-    /// Clean-up after the host already ended the run (a timeout): no ExitCode change.
-    Cleanup,
+}
+
+impl AbortCause {
+    /// The ExitCode after a `232` (RFC 3179 6.2.6 rule 4).
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            AbortCause::Manager => ExitCode::Halted,
+            AbortCause::LifeTime => ExitCode::LifeTimeExceeded,
+        }
+    }
+}
+
+/// One runtime connection, as the table knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
 }
 
 /// Receives the final row once a run has terminated.
 pub(crate) type Done = watch::Receiver<Option<Arc<RunInfo>>>;
 
-/// What a run's keeper task waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum KeeperAction {
-    /// smRunLifeTime reaches 0 then: abort with lifeTimeExceeded.
-    LifeTime(Instant),
-    /// The `538` did not come by then: publish the termination as it is.
-    Settle(Instant),
-    /// smRunExpireTime reaches 0 then: remove the row.
-    Expire(Instant),
-    /// Nothing scheduled until something changes.
-    Wait,
-    /// The row is gone.
-    Gone,
-}
+/// How long a run reported terminated by `531`/`231` waits for its `538`.
+pub(crate) const SETTLE_GRACE: Duration = Duration::from_secs(5);
 
-pub(crate) struct Run {
-    pub info: RunInfo,
+struct Run {
+    info: RunInfo,
     lifetime: Countdown,
     expire: Countdown,
-    /// The runtime connection the run lives on.
-    pub conn: Option<u64>,
+    /// The connection the run is attached to: it counts as busy, its process serves the run.
+    attached: Option<ConnId>,
+    /// The connection `start` was written to (or is being written to): commands and
+    /// notifications for the run belong there.
+    bound: Option<ConnId>,
     /// When the run terminated (for the settle grace).
     ended_at: Option<Instant>,
     /// The termination has been published (event + `done`).
@@ -233,15 +156,21 @@ pub(crate) struct Run {
     /// Its key in `Table::finished`, once terminated.
     finished_key: Option<u64>,
     /// A `538`/`534`/`535` or `232` has fixed the ExitCode.
-    pub exit_reported: bool,
+    exit_reported: bool,
     /// A host abort in progress.
-    pub aborting: Option<AbortCause>,
+    aborting: Option<AbortCause>,
     /// The runtime answered `suspend` with 401/402/431 (no suspend capability, 6.2.4 rule 3).
-    pub suspend_unsupported: bool,
-    /// Wakes the run's keeper task when a deadline may have changed.
-    pub keeper: Arc<Notify>,
-    /// Set once, with the final row, when the run terminates.
-    pub done: watch::Sender<Option<Arc<RunInfo>>>,
+    suspend_unsupported: bool,
+    /// Its entry in `Table::schedule`.
+    due: Option<Instant>,
+    /// Set once, with the final row, when the termination is settled.
+    done: watch::Sender<Option<Arc<RunInfo>>>,
+}
+
+/// The runs attached to one connection, and how to tell its task when it has none left.
+struct Attached {
+    runs: HashSet<RunId>,
+    wake: Arc<Notify>,
 }
 
 /// The run table.
@@ -252,16 +181,15 @@ pub(crate) struct Table {
     /// Terminated runs by end order, to enforce `max_finished`.
     finished: BTreeMap<u64, RunId>,
     finished_seq: u64,
-    pub active: usize,
+    active: usize,
+    /// Open connections and the runs attached to each.
+    conns: HashMap<ConnId, Attached>,
+    /// Every run's next clock deadline (lifetime, settle grace or expiry).
+    schedule: BTreeSet<(Instant, RunId)>,
+    /// Wakes the clock task when an earlier deadline appears.
+    clock: Arc<Notify>,
     events: broadcast::Sender<Event>,
     max_finished: usize,
-}
-
-impl KeeperAction {
-    #[cfg(test)]
-    fn is_settle(self) -> bool {
-        matches!(self, KeeperAction::Settle(_))
-    }
 }
 
 /// The row fields a launch fills in.
@@ -286,13 +214,22 @@ impl Table {
             finished: BTreeMap::new(),
             finished_seq: 0,
             active: 0,
+            conns: HashMap::new(),
+            schedule: BTreeSet::new(),
+            clock: Arc::new(Notify::new()),
             events,
             max_finished,
         }
     }
 
+    /// What the clock task waits on besides its next deadline.
+    pub fn clock_wake(&self) -> Arc<Notify> {
+        self.clock.clone()
+    }
+
     pub fn set_max_finished(&mut self, n: usize) {
         self.max_finished = n;
+        self.enforce_max_finished();
     }
 
     fn publish(&self, run: &RunInfo, kind: EventKind) {
@@ -306,8 +243,12 @@ impl Table {
         });
     }
 
-    /// Creates a row in state `initializing` (smLaunchStart, RFC 3179 6.2.1).
-    pub fn insert(&mut self, n: NewRun) -> Option<(Arc<Notify>, Done)> {
+    /// Creates a row in state `initializing` (smLaunchStart, RFC 3179 6.2.1). `None` if the
+    /// RunId is taken.
+    pub fn insert(&mut self, n: NewRun) -> Option<Done> {
+        if self.runs.contains_key(&n.run_id) {
+            return None;
+        }
         let counter = self
             .indexes
             .entry((n.owner.clone(), n.name.clone()))
@@ -353,7 +294,6 @@ impl Table {
             expire_time: n.expire_time,
             runtime_pid: None,
         };
-        let keeper = Arc::new(Notify::new());
         let (done, done_rx) = watch::channel(None);
         self.publish(
             &info,
@@ -362,33 +302,78 @@ impl Table {
                 runtime: info.runtime.clone(),
             },
         );
-        let run = Run {
-            info,
-            lifetime,
-            expire: Countdown::new(n.expire_time),
-            conn: None,
-            ended_at: None,
-            settled: false,
-            finished_key: None,
-            exit_reported: false,
-            aborting: None,
-            suspend_unsupported: false,
-            keeper: keeper.clone(),
-            done,
-        };
-        if self.runs.insert(n.run_id, run).is_some() {
-            return None;
-        }
+        let id = n.run_id;
+        self.runs.insert(
+            id,
+            Run {
+                info,
+                lifetime,
+                expire: Countdown::new(n.expire_time),
+                attached: None,
+                bound: None,
+                ended_at: None,
+                settled: false,
+                finished_key: None,
+                exit_reported: false,
+                aborting: None,
+                suspend_unsupported: false,
+                due: None,
+                done,
+            },
+        );
         self.active += 1;
-        Some((keeper, done_rx))
+        self.reschedule(id);
+        Some(done_rx)
     }
 
-    pub fn get(&self, id: RunId) -> Option<&Run> {
-        self.runs.get(&id)
+    pub fn contains(&self, id: RunId) -> bool {
+        self.runs.contains_key(&id)
     }
 
-    pub fn get_mut(&mut self, id: RunId) -> Option<&mut Run> {
-        self.runs.get_mut(&id)
+    /// smRunState.
+    pub fn state(&self, id: RunId) -> Option<RunState> {
+        self.runs.get(&id).map(|r| r.info.state)
+    }
+
+    /// The host abort in progress, if any.
+    pub fn aborting(&self, id: RunId) -> Option<AbortCause> {
+        self.runs.get(&id).and_then(|r| r.aborting)
+    }
+
+    /// Whether a runtime report or a host decision has fixed the ExitCode.
+    pub fn exit_reported(&self, id: RunId) -> bool {
+        self.runs.get(&id).is_some_and(|r| r.exit_reported)
+    }
+
+    pub fn exit_code(&self, id: RunId) -> Option<ExitCode> {
+        self.runs.get(&id).map(|r| r.info.exit_code)
+    }
+
+    /// Whether the runtime said it cannot suspend this run (6.2.4 rule 3).
+    pub fn suspend_unsupported(&self, id: RunId) -> bool {
+        self.runs.get(&id).is_some_and(|r| r.suspend_unsupported)
+    }
+
+    pub fn set_suspend_unsupported(&mut self, id: RunId) {
+        if let Some(r) = self.runs.get_mut(&id) {
+            r.suspend_unsupported = true;
+        }
+    }
+
+    /// The connection the run was started on.
+    pub fn bound(&self, id: RunId) -> Option<ConnId> {
+        self.runs.get(&id).and_then(|r| r.bound)
+    }
+
+    /// Whether the termination is final and published.
+    #[cfg(test)]
+    pub fn is_settled(&self, id: RunId) -> bool {
+        self.runs.get(&id).is_some_and(|r| r.settled)
+    }
+
+    /// Receives the final row once the run's termination is settled.
+    pub fn done(&self, id: RunId) -> Option<Done> {
+        self.runs.get(&id).map(|r| r.done.subscribe())
     }
 
     /// A snapshot with the countdowns evaluated now.
@@ -403,9 +388,102 @@ impl Table {
         v
     }
 
+    /// RunIds of the runs that have not terminated.
+    pub fn active_ids(&self) -> Vec<RunId> {
+        self.runs
+            .values()
+            .filter(|r| !r.info.is_terminated())
+            .map(|r| r.info.run_id)
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.runs.len()
     }
+
+    /// Runs that have not terminated.
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    // ---- runtime connections ----
+
+    /// Registers an open connection; `wake` is notified whenever its last run leaves it.
+    pub fn open_conn(&mut self, conn: ConnId, wake: Arc<Notify>) {
+        self.conns.insert(
+            conn,
+            Attached {
+                runs: HashSet::new(),
+                wake,
+            },
+        );
+    }
+
+    /// Attaches a run to an open connection (its process now serves it). False if either
+    /// is gone.
+    pub fn attach(&mut self, id: RunId, conn: ConnId, pid: Option<u32>) -> bool {
+        let (Some(c), Some(r)) = (self.conns.get_mut(&conn), self.runs.get_mut(&id)) else {
+            return false;
+        };
+        c.runs.insert(id);
+        r.attached = Some(conn);
+        r.info.runtime_pid = pid;
+        c.wake.notify_one();
+        true
+    }
+
+    /// Binds an attached run to its connection just before `start` is written there.
+    pub fn bind(&mut self, id: RunId, conn: ConnId) -> bool {
+        match self.runs.get_mut(&id) {
+            Some(r) if r.attached == Some(conn) && !r.info.is_terminated() => {
+                r.bound = Some(conn);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How many runs are attached to a connection (0 also for an unknown one).
+    pub fn runs_on(&self, conn: ConnId) -> usize {
+        self.conns.get(&conn).map_or(0, |c| c.runs.len())
+    }
+
+    /// Takes a run off its connection; wakes the connection's task if it is now idle.
+    fn detach(&mut self, id: RunId) {
+        let Some(conn) = self.runs.get(&id).and_then(|r| r.attached) else {
+            return;
+        };
+        if let Some(c) = self.conns.get_mut(&conn)
+            && c.runs.remove(&id)
+            && c.runs.is_empty()
+        {
+            c.wake.notify_one();
+        }
+    }
+
+    /// The connection ended: every run still on it terminates with genericError and `why`
+    /// (or with its abort's ExitCode if the host was aborting it), and runs that reported
+    /// `terminated` but never their `538` settle now. Returns the runs this terminated.
+    pub fn close_conn(&mut self, conn: ConnId, why: &str) -> Vec<RunId> {
+        let Some(c) = self.conns.remove(&conn) else {
+            return Vec::new();
+        };
+        let mut ended = Vec::new();
+        for id in c.runs {
+            match self.aborting(id) {
+                Some(cause) => self.finish_abort(id, cause.exit_code(), None),
+                None => {
+                    if self.terminate(id, Some(ExitCode::GenericError), Some(why)) {
+                        ended.push(id);
+                    }
+                }
+            }
+            self.force_settle(id);
+        }
+        ended
+    }
+
+    // ---- smRunTable columns ----
 
     /// Sets smRunState, pausing or resuming the lifetime, unless the run has terminated.
     /// A report of `terminated` ends the run; its ExitCode is expected from a `538`.
@@ -427,9 +505,9 @@ impl Table {
         } else {
             r.lifetime.start(now);
         }
-        r.keeper.notify_one();
         let info = r.info.clone();
         self.publish(&info, EventKind::State { state });
+        self.reschedule(id);
     }
 
     /// Stores an intermediate result (`532`/`533`, smRunResult + smRunResultTime).
@@ -490,7 +568,6 @@ impl Table {
         r.lifetime.stop(now);
         r.info.lifetime = TimeInterval::ZERO;
         r.expire.start(now);
-        r.keeper.notify_one();
         let info = r.info.clone();
         self.active -= 1;
         self.finished_seq += 1;
@@ -503,6 +580,7 @@ impl Table {
             },
         );
         self.maybe_settle(id);
+        self.reschedule(id);
         self.enforce_max_finished();
         true
     }
@@ -535,6 +613,7 @@ impl Table {
         }
         r.aborting = Some(cause);
         self.set_state(id, RunState::Aborting);
+        self.reschedule(id);
         Ok(())
     }
 
@@ -571,7 +650,7 @@ impl Table {
     }
 
     /// Publishes the termination once: the run ended, its ExitCode is known, and no host
-    /// abort is waiting for its `232`.
+    /// abort is waiting for its `232`. The run then leaves its connection.
     fn maybe_settle(&mut self, id: RunId) {
         let Some(r) = self.runs.get_mut(&id) else {
             return;
@@ -580,7 +659,6 @@ impl Table {
             return;
         }
         r.settled = true;
-        r.keeper.notify_one();
         let info = Arc::new(snapshot(r, Instant::now()));
         r.done.send_replace(Some(info.clone()));
         self.publish(
@@ -591,47 +669,9 @@ impl Table {
                 error: info.error.clone(),
             },
         );
-    }
-
-    /// Whether the run's termination is final and published (see `maybe_settle`).
-    pub fn is_settled(&self, id: RunId) -> bool {
-        self.runs.get(&id).is_some_and(|r| r.settled)
-    }
-
-    /// Settles every terminated run of connection `conn` whose ExitCode report never came.
-    pub fn settle_all_on(&mut self, conn: u64) {
-        let waiting: Vec<RunId> = self
-            .runs
-            .values()
-            .filter(|r| r.conn == Some(conn) && r.info.is_terminated() && !r.settled)
-            .map(|r| r.info.run_id)
-            .collect();
-        for id in waiting {
-            self.force_settle(id);
-        }
-    }
-
-    /// What the keeper task of a run waits for next.
-    pub fn keeper_action(&self, id: RunId, settle_grace: Duration) -> KeeperAction {
-        let Some(r) = self.runs.get(&id) else {
-            return KeeperAction::Gone;
-        };
-        if !r.info.is_terminated() {
-            match r.aborting {
-                Some(_) => KeeperAction::Wait,
-                None => r
-                    .lifetime
-                    .deadline()
-                    .map_or(KeeperAction::Wait, KeeperAction::LifeTime),
-            }
-        } else if !r.settled {
-            let ended = r.ended_at.unwrap_or_else(Instant::now);
-            KeeperAction::Settle(ended + settle_grace)
-        } else {
-            r.expire
-                .deadline()
-                .map_or(KeeperAction::Wait, KeeperAction::Expire)
-        }
+        self.detach(id);
+        self.reschedule(id);
+        self.enforce_max_finished();
     }
 
     /// Sets smRunLifeTime. Refused once terminated (it is 0 then).
@@ -642,7 +682,7 @@ impl Table {
         }
         r.info.lifetime = v;
         r.lifetime.set(v, Instant::now());
-        r.keeper.notify_one();
+        self.reschedule(id);
         Ok(())
     }
 
@@ -653,34 +693,124 @@ impl Table {
         };
         r.info.expire_time = v;
         r.expire.set(v, Instant::now());
-        r.keeper.notify_one();
+        self.reschedule(id);
         true
     }
 
-    /// Removes a terminated row (its expire time ran out).
-    pub fn remove(&mut self, id: RunId) -> Option<RunInfo> {
-        let r = self.runs.get(&id)?;
-        if !r.info.is_terminated() {
-            return None;
-        }
+    // ---- row lifetime ----
+
+    /// Removes a row and everything that refers to it (its connection attachment, its
+    /// place in the clocks and in the finished index).
+    fn forget(&mut self, id: RunId) -> Option<RunInfo> {
+        self.detach(id);
         let r = self.runs.remove(&id)?;
         if let Some(k) = r.finished_key {
             self.finished.remove(&k);
+        }
+        if let Some(d) = r.due {
+            self.schedule.remove(&(d, id));
+        }
+        if !r.info.is_terminated() {
+            self.active -= 1;
         }
         self.publish(&r.info, EventKind::Removed);
         Some(r.info)
     }
 
+    /// Keeps at most `max_finished` terminated rows by removing the oldest settled ones
+    /// (a run still waiting for its `538` stays until it settles).
     fn enforce_max_finished(&mut self) {
-        while self.finished.len() > self.max_finished {
-            let Some((_, id)) = self.finished.pop_first() else {
-                break;
-            };
-            if let Some(r) = self.runs.remove(&id) {
-                tracing::info!(run = %id, "finished run removed early: more than {} kept", self.max_finished);
-                self.publish(&r.info, EventKind::Removed);
+        let Some(excess) = self.finished.len().checked_sub(self.max_finished) else {
+            return;
+        };
+        if excess == 0 {
+            return;
+        }
+        let evict: Vec<RunId> = self
+            .finished
+            .values()
+            .filter(|id| self.runs.get(id).is_some_and(|r| r.settled))
+            .take(excess)
+            .copied()
+            .collect();
+        for id in evict {
+            tracing::info!(run = %id, "finished run removed early: more than {} kept", self.max_finished);
+            self.forget(id);
+        }
+    }
+
+    // ---- clocks ----
+
+    /// The run's next deadline: its lifetime while active, the settle grace once terminated,
+    /// its expire time once settled; none while a host abort runs.
+    fn deadline(r: &Run) -> Option<Instant> {
+        if !r.info.is_terminated() {
+            match r.aborting {
+                Some(_) => None,
+                None => r.lifetime.deadline(),
+            }
+        } else if !r.settled {
+            // A host abort settles with its 232 or its own timeout, never by this grace.
+            match r.aborting {
+                Some(_) => None,
+                None => Some(r.ended_at.unwrap_or_else(Instant::now) + SETTLE_GRACE),
+            }
+        } else {
+            r.expire.deadline()
+        }
+    }
+
+    /// Brings the run's entry in the schedule up to date.
+    fn reschedule(&mut self, id: RunId) {
+        let Some(r) = self.runs.get_mut(&id) else {
+            return;
+        };
+        let next = Self::deadline(r);
+        if next == r.due {
+            return;
+        }
+        if let Some(old) = r.due.take() {
+            self.schedule.remove(&(old, id));
+        }
+        if let Some(d) = next {
+            let earliest = self.schedule.first().is_none_or(|(first, _)| d < *first);
+            self.schedule.insert((d, id));
+            r.due = Some(d);
+            if earliest {
+                self.clock.notify_one();
             }
         }
+    }
+
+    /// The earliest deadline of any run.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.schedule.first().map(|(d, _)| *d)
+    }
+
+    /// Acts on every deadline that has passed by `now`: settles runs whose `538` did not
+    /// come within the grace, removes rows whose smRunExpireTime reached 0, and returns the
+    /// runs whose smRunLifeTime reached 0 (the caller aborts them).
+    pub fn tick(&mut self, now: Instant) -> Vec<RunId> {
+        let mut expired = Vec::new();
+        while let Some(&(d, id)) = self.schedule.first() {
+            if d > now {
+                break;
+            }
+            self.schedule.pop_first();
+            let Some(r) = self.runs.get_mut(&id) else {
+                continue;
+            };
+            r.due = None;
+            if !r.info.is_terminated() {
+                // Left unscheduled: the abort about to begin decides what comes next.
+                expired.push(id);
+            } else if !r.settled {
+                self.force_settle(id);
+            } else if self.forget(id).is_some() {
+                tracing::debug!(run = %id, "smRunExpireTime reached 0: row removed");
+            }
+        }
+        expired
     }
 }
 
@@ -749,7 +879,7 @@ mod tests {
         (Table::new(tx, 3), rx)
     }
 
-    fn new_run(id: u64, lifetime: TimeInterval) -> NewRun {
+    pub(crate) fn new_run(id: u64, lifetime: TimeInterval) -> NewRun {
         NewRun {
             run_id: RunId(id),
             owner: "o".into(),
@@ -778,21 +908,21 @@ mod tests {
         assert_eq!(s.error, "boom");
         assert!(s.end_time.is_some());
         assert!(!t.terminate(RunId(1), Some(ExitCode::NoError), None));
-        assert_eq!(t.active, 0);
+        assert_eq!(t.active(), 0);
     }
 
     #[test]
     fn exit_after_terminated_state_report_and_232_override() {
         let (mut t, _rx) = table();
         t.insert(new_run(1, TimeInterval::ONE_HOUR)).unwrap();
-        let (_, done) = t.insert(new_run(2, TimeInterval::ONE_HOUR)).unwrap();
+        let done = t.insert(new_run(2, TimeInterval::ONE_HOUR)).unwrap();
         // 6.2.8 rule 2 then rule 9: a 531 says terminated, the 538 brings the ExitCode.
         t.set_state(RunId(1), RunState::Terminated);
-        assert!(
-            t.keeper_action(RunId(1), Duration::from_secs(5))
-                .is_settle()
-        );
+        assert!(!t.is_settled(RunId(1)));
+        let grace = t.next_deadline().unwrap();
+        assert!(grace > Instant::now() + SETTLE_GRACE - Duration::from_secs(1));
         t.report_exit(RunId(1), ExitCode::RuntimeError);
+        assert!(t.is_settled(RunId(1)));
         assert_eq!(
             t.snapshot(RunId(1)).unwrap().exit_code,
             ExitCode::RuntimeError
@@ -817,29 +947,55 @@ mod tests {
     fn lifetime_pauses_while_suspended() {
         let (mut t, _rx) = table();
         t.insert(new_run(1, TimeInterval::from_secs(10))).unwrap();
+        assert!(t.next_deadline().is_some());
         t.set_state(RunId(1), RunState::Suspended);
         let a = t.snapshot(RunId(1)).unwrap().lifetime;
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(t.snapshot(RunId(1)).unwrap().lifetime, a);
         assert_eq!(
-            t.keeper_action(RunId(1), Duration::ZERO),
-            KeeperAction::Wait
+            t.next_deadline(),
+            None,
+            "no lifetime deadline while suspended"
         );
         t.set_state(RunId(1), RunState::Executing);
         std::thread::sleep(Duration::from_millis(30));
         assert!(t.snapshot(RunId(1)).unwrap().lifetime < a);
+        assert!(t.next_deadline().is_some());
     }
 
     #[test]
     fn infinite_lifetime_never_ticks() {
         let (mut t, _rx) = table();
         t.insert(new_run(1, TimeInterval::MAX)).unwrap();
-        assert_eq!(
-            t.keeper_action(RunId(1), Duration::ZERO),
-            KeeperAction::Wait
-        );
+        assert_eq!(t.next_deadline(), None);
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(t.snapshot(RunId(1)).unwrap().lifetime, TimeInterval::MAX);
+    }
+
+    #[test]
+    fn the_clock_aborts_at_lifetime_zero_settles_and_expires() {
+        let (mut t, _rx) = table();
+        t.insert(new_run(1, TimeInterval::ZERO)).unwrap();
+        let mut r2 = new_run(2, TimeInterval::MAX);
+        r2.expire_time = TimeInterval::ZERO;
+        t.insert(r2).unwrap();
+        // smRunLifeTime 0: due now; the host aborts it.
+        assert_eq!(t.tick(Instant::now()), vec![RunId(1)]);
+        t.begin_abort(RunId(1), AbortCause::LifeTime).unwrap();
+        assert!(t.tick(Instant::now()).is_empty());
+        // smRunExpireTime 0: the row goes as soon as the termination is settled.
+        t.terminate(RunId(2), Some(ExitCode::NoError), None);
+        assert!(t.tick(Instant::now()).is_empty());
+        assert!(!t.contains(RunId(2)));
+        // A 531 without its 538: settled when the grace has passed.
+        t.set_state(RunId(1), RunState::Terminated);
+        t.tick(Instant::now() + SETTLE_GRACE + Duration::from_millis(1));
+        assert!(
+            !t.is_settled(RunId(1)),
+            "a host abort still waits for its 232"
+        );
+        t.finish_abort(RunId(1), ExitCode::LifeTimeExceeded, None);
+        assert!(t.is_settled(RunId(1)));
     }
 
     #[test]
@@ -852,6 +1008,7 @@ mod tests {
         t.insert(other).unwrap();
         assert_eq!(t.snapshot(RunId(2)).unwrap().index, 2);
         assert_eq!(t.snapshot(RunId(3)).unwrap().index, 1);
+        assert!(t.insert(new_run(3, TimeInterval::MAX)).is_none());
     }
 
     #[test]
@@ -862,7 +1019,62 @@ mod tests {
             t.terminate(RunId(i), Some(ExitCode::NoError), None);
         }
         assert_eq!(t.len(), 3);
-        assert!(t.get(RunId(1)).is_none() && t.get(RunId(3)).is_some());
+        assert!(!t.contains(RunId(1)) && t.contains(RunId(3)));
+    }
+
+    #[test]
+    fn a_run_leaves_its_connection_when_settled_and_when_evicted() {
+        let (tx, _rx) = broadcast::channel(64);
+        let mut t = Table::new(tx, 0);
+        let wake = Arc::new(Notify::new());
+        let c = ConnId(7);
+        t.open_conn(c, wake.clone());
+        for i in 1..=2 {
+            t.insert(new_run(i, TimeInterval::MAX)).unwrap();
+            assert!(t.attach(RunId(i), c, Some(42)));
+            assert!(t.bind(RunId(i), c));
+        }
+        assert_eq!(t.runs_on(c), 2);
+        // A 531 terminated: still attached, it waits for its 538.
+        t.set_state(RunId(1), RunState::Terminated);
+        assert_eq!(t.runs_on(c), 2);
+        assert!(t.contains(RunId(1)), "an unsettled run is not evicted");
+        // max_finished 0: a settled run is evicted, and its connection no longer counts it.
+        let done = t.done(RunId(2)).unwrap();
+        t.terminate(RunId(2), Some(ExitCode::NoError), None);
+        assert!(!t.contains(RunId(2)));
+        assert!(done.borrow().is_some(), "waiters got the final row first");
+        assert_eq!(t.runs_on(c), 1);
+        t.report_exit(RunId(1), ExitCode::NoError);
+        assert_eq!(t.runs_on(c), 0);
+        assert!(!t.contains(RunId(1)));
+    }
+
+    #[test]
+    fn a_closed_connection_ends_its_runs() {
+        let (mut t, _rx) = table();
+        let c = ConnId(1);
+        t.open_conn(c, Arc::new(Notify::new()));
+        for i in 1..=3 {
+            t.insert(new_run(i, TimeInterval::MAX)).unwrap();
+            t.attach(RunId(i), c, None);
+            t.bind(RunId(i), c);
+        }
+        t.begin_abort(RunId(2), AbortCause::Manager).unwrap();
+        t.set_state(RunId(3), RunState::Terminated);
+        let ended = t.close_conn(c, "runtime x exited");
+        assert_eq!(ended, vec![RunId(1)]);
+        let r1 = t.snapshot(RunId(1)).unwrap();
+        assert_eq!(
+            (r1.exit_code, r1.error.as_str()),
+            (ExitCode::GenericError, "runtime x exited")
+        );
+        assert_eq!(t.snapshot(RunId(2)).unwrap().exit_code, ExitCode::Halted);
+        assert!((1..=3).all(|i| t.is_settled(RunId(i))));
+        assert!(
+            !t.attach(RunId(1), c, None),
+            "a closed connection takes no runs"
+        );
     }
 
     #[test]
