@@ -69,3 +69,108 @@ pub(crate) fn apply(t: &mut Table, conn: ConnId, reply: Reply) -> Effects {
         cancel_pending: t.state(run) == Some(crate::proto::RunState::Terminated),
     }
 }
+
+/// RFC 3179 6.2.8 rules 2-9, one row each, for a run started on connection #1.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::clock::TimeInterval;
+    use crate::host::table::{EventKind, NewRun};
+    use crate::proto::ExitCode::*;
+    use crate::proto::RunState::*;
+    use crate::proto::{Octets, RunId, RunState};
+    use std::sync::Arc;
+
+    const RUN: RunId = RunId(5);
+
+    fn table() -> (Table, tokio::sync::broadcast::Receiver<crate::host::Event>) {
+        let (tx, rx) = tokio::sync::broadcast::channel(64);
+        let mut t = Table::new(tx, 10);
+        t.insert(NewRun {
+            run_id: RUN,
+            owner: "o".into(),
+            name: "n".into(),
+            script: "s".into(),
+            runtime: "r".into(),
+            profile: "p".into(),
+            os_profile: None,
+            argument: Octets::default(),
+            lifetime: TimeInterval::MAX,
+            expire_time: TimeInterval::MAX,
+        })
+        .unwrap();
+        t.open_conn(ConnId(1), Arc::new(tokio::sync::Notify::new()));
+        t.attach(RUN, ConnId(1), None);
+        t.bind(RUN, ConnId(1));
+        t.set_state(RUN, Executing);
+        (t, rx)
+    }
+
+    fn decode(line: &str) -> Reply {
+        Reply::decode(format!("{line}\r\n").as_bytes()).unwrap()
+    }
+
+    struct Row {
+        rule: &'static str,
+        line: &'static str,
+        state: RunState,
+        exit: Option<ExitCode>,
+        result: &'static str,
+        error: &'static str,
+        /// The event that asks for a notification (smScriptResult / smScriptException).
+        notify: bool,
+    }
+
+    #[rustfmt::skip]
+    const ROWS: &[Row] = &[
+        Row { rule: "rule 2: 531 updates smRunState", line: "531 0 5 4", state: Suspended, exit: None, result: "", error: "", notify: false },
+        Row { rule: "rule 3: 532 updates smRunState and smRunResult", line: "532 0 5 2 \"half\"", state: Executing, exit: None, result: "half", error: "", notify: false },
+        Row { rule: "rule 4: 533 also generates smScriptResult", line: "533 0 5 2 \"look\"", state: Executing, exit: None, result: "look", error: "", notify: true },
+        Row { rule: "rule 5: 534 noError, terminated, smRunResult", line: "534 0 5 \"done\"", state: Terminated, exit: Some(NoError), result: "done", error: "", notify: false },
+        Row { rule: "rule 6: 535 terminated, smExitCode and smRunError", line: "535 0 5 6 \"bad\"", state: Terminated, exit: Some(RuntimeError), result: "", error: "bad", notify: false },
+        Row { rule: "rule 7: 536 updates smRunState and smRunError", line: "536 0 5 2 \"oops\"", state: Executing, exit: None, result: "", error: "oops", notify: false },
+        Row { rule: "rule 8: 537 also generates smScriptException", line: "537 0 5 2 \"alarm\"", state: Executing, exit: None, result: "", error: "alarm", notify: true },
+        Row { rule: "rule 9: 538 terminated with smExitCode", line: "538 0 5 5", state: Terminated, exit: Some(LanguageError), result: "", error: "", notify: false },
+    ];
+
+    #[test]
+    fn notification_rules_of_6_2_8() {
+        for row in ROWS {
+            let (mut t, mut rx) = table();
+            let effects = apply(&mut t, ConnId(1), decode(row.line));
+            let r = t.snapshot(RUN).unwrap();
+            assert_eq!(r.state, row.state, "{}", row.rule);
+            if let Some(x) = row.exit {
+                assert_eq!(r.exit_code, x, "{}", row.rule);
+            }
+            assert_eq!(r.result.as_bytes(), row.result.as_bytes(), "{}", row.rule);
+            assert_eq!(r.error, row.error, "{}", row.rule);
+            assert_eq!(effects.cancel_pending, row.state == Terminated, "{}", row.rule);
+            let mut notified = false;
+            while let Ok(e) = rx.try_recv() {
+                notified |= matches!(
+                    e.kind,
+                    EventKind::Result { notify: true, .. } | EventKind::Error { notify: true, .. }
+                );
+            }
+            assert_eq!(notified, row.notify, "{}", row.rule);
+        }
+    }
+
+    #[test]
+    fn only_a_run_running_in_this_runtime_is_changed() {
+        // "Processing stops if there is no running script with the RunId."
+        let (mut t, _rx) = table();
+        apply(&mut t, ConnId(2), decode("532 0 5 2 \"forged\""));
+        assert!(t.snapshot(RUN).unwrap().result.is_empty(), "another connection's notification");
+        apply(&mut t, ConnId(1), decode("532 0 99 2 \"x\""));
+        // A 531 terminated still takes the 538 with the ExitCode, and nothing after it.
+        apply(&mut t, ConnId(1), decode("531 0 5 7"));
+        apply(&mut t, ConnId(1), decode("538 0 5 6"));
+        apply(&mut t, ConnId(1), decode("538 0 5 1"));
+        apply(&mut t, ConnId(1), decode("532 0 5 2 \"late\""));
+        let r = t.snapshot(RUN).unwrap();
+        assert_eq!((r.state, r.exit_code), (Terminated, RuntimeError));
+        assert!(r.result.is_empty());
+    }
+}
