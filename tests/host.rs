@@ -760,3 +760,64 @@ async fn scripts_installed_while_runtimes_fork_never_hit_text_file_busy() {
     );
     h.shutdown().await;
 }
+
+// ---- the core cannot be wedged (issue: every write bounded, one owner of run state) ----
+
+/// RFC 3179 6.2.3 rule 1 when the runtime stops reading: a `start` with a 65,535-octet
+/// Argument (131 KB of hex, twice a pipe buffer) cannot be written. The command timeout
+/// bounds the write too: the run ends genericError, the connection closes, and an abort
+/// sent meanwhile and the host's shutdown both end (they waited for the writer forever).
+#[tokio::test]
+async fn a_runtime_that_stops_reading_cannot_wedge_start_abort_or_shutdown() {
+    let host = fake_host(&["--hello", "ok-then-deaf"]);
+    let s = install(&host, "x.fake", "script", false);
+    let mut big = request(&s, Some("fake"));
+    big.argument = Octets::new(vec![0xA5; 65535]);
+    let run = host.launch(big).unwrap();
+    let r = finish(&host, run, 5).await;
+    assert_eq!(r.exit_code, ExitCode::GenericError, "{r:?}");
+    assert!(r.error.contains("did not read `start`"), "{}", r.error);
+
+    // The same with an abort waiting behind the stuck write.
+    let mut big = request(&s, Some("fake"));
+    big.argument = Octets::new(vec![0x5A; 65535]);
+    let run = host.launch(big).unwrap();
+    eventually(5, "the start to be on its way", || {
+        host.run(run).is_some_and(|r| r.runtime_pid.is_some())
+    })
+    .await;
+    let aborted = tokio::time::timeout(Duration::from_secs(5), host.abort(run)).await;
+    assert!(aborted.is_ok(), "abort returned within the command timeout");
+    let r = finish(&host, run, 10).await;
+    assert!(r.is_terminated(), "{r:?}");
+    tokio::time::timeout(Duration::from_secs(10), host.shutdown())
+        .await
+        .expect("shutdown within 10 s");
+}
+
+/// A row evicted by `max_finished_runs` (here 0: rows go as soon as they settle) leaves
+/// its connection, so its single-threaded runtime is closed; a `wait` already pending
+/// gets the final row.
+#[tokio::test]
+async fn eviction_by_max_finished_runs_closes_the_runtime() {
+    let mut c = config(&format!(
+        "{}threading = \"single\"\n",
+        fake_runtime("fake", &["--start", "finish"])
+    ));
+    c.host.max_finished_runs = 0;
+    let host = smx::host::Host::new(c, smx::storage::Storage::temporary().unwrap());
+    for _ in 0..3 {
+        let run = launch_fake(&host).await;
+        let r = tokio::time::timeout(Duration::from_secs(5), host.wait(run))
+            .await
+            .expect("run ends")
+            .expect("a pending wait gets the final row");
+        assert_eq!((r.exit_code, r.result.as_bytes()), (ExitCode::NoError, &b"done"[..]));
+        assert!(host.run(run).is_none(), "evicted");
+    }
+    eventually(5, "every runtime process to be closed", || {
+        host.stats().runtime_processes.is_empty()
+    })
+    .await;
+    host.shutdown().await;
+}

@@ -280,7 +280,7 @@ pub async fn run_remote(sock: SocketArg, args: super::run::RunArgs) -> Result<Ex
     let launched = c
         .launch(LaunchParams {
             owner,
-            name: Some(name.chars().take(32).collect()),
+            name: Some(smx::host::admin_prefix(&name, 32).to_owned()),
             script,
             runtime: args.runtime.clone(),
             argument: args.argument_octets(),
@@ -303,8 +303,15 @@ pub async fn run_remote(sock: SocketArg, args: super::run::RunArgs) -> Result<Ex
                 EventKind::Terminated { .. } => break c.run(run).await?,
                 kind => super::run::show_progress(&kind),
             },
+            // Events were dropped, perhaps the termination: the row says where the run is.
+            Notice::Lagged(n) => {
+                eprintln!("smx: ({n} events not shown)");
+                if c.run(run).await?.is_terminated() {
+                    break c.wait(run).await?;
+                }
+            }
             Notice::Shutdown => return Err("the daemon shut down before the run ended".into()),
-            _ => {}
+            Notice::Event(_) => {}
         }
     };
     super::run::print_outcome(&finished, args.json)?;
