@@ -824,15 +824,7 @@ fn snapshot(r: &Run, now: Instant) -> RunInfo {
 /// Makes an smRunError value: UTF-8 (invalid sequences replaced), at most 255 octets,
 /// cut at a character boundary.
 pub fn admin_string(bytes: &[u8]) -> String {
-    let s = String::from_utf8_lossy(bytes);
-    if s.len() <= MAX_ERROR_OCTETS {
-        return s.into_owned();
-    }
-    let mut end = MAX_ERROR_OCTETS;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
+    super::launch::admin_prefix(&String::from_utf8_lossy(bytes), MAX_ERROR_OCTETS).to_owned()
 }
 
 mod time_serde {
