@@ -110,20 +110,27 @@ impl Storage {
             .map_err(io_err(&dir))?;
         let file = component(name);
         let target = dir.join(&file);
-        let tmp = dir.join(format!(".{file}.{}.tmp", std::process::id()));
+        // Unique per install, so concurrent installs of one name never share a file.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{file}.{}.{seq}.tmp", std::process::id()));
         let mode = if executable { 0o755 } else { 0o644 };
         let write = || -> io::Result<()> {
-            let _no_fork = FORK_GUARD.write().unwrap_or_else(|e| e.into_inner());
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)?;
-            f.write_all(content)?;
-            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-            f.sync_all()?;
+            {
+                // Only while the write fd is open: forks wait for a page-cache write, not
+                // for the disk.
+                let _no_fork = FORK_GUARD.write().unwrap_or_else(|e| e.into_inner());
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&tmp)?;
+                f.write_all(content)?;
+                f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            }
+            // A read-only fd cannot make an exec fail with ETXTBSY; fsync through it.
+            std::fs::File::open(&tmp)?.sync_all()?;
             std::fs::rename(&tmp, &target)
         };
         write().map_err(|e| {
