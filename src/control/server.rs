@@ -14,12 +14,12 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::proto::*;
 use crate::config::{Config, IdRef};
 use crate::framing::{Frame, LineReader};
-use crate::host::{ControlError, Host, LaunchError, LaunchRequest, RunInfo};
+use crate::host::{ControlError, Host, LaunchError, LaunchRequest, RecvError, RunInfo};
 use crate::proto::RunId;
 use crate::storage::Storage;
 
@@ -680,10 +680,10 @@ fn subscribe(
                     }
                     line(&ServerLine::Event { event: e })
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
+                Err(RecvError::Lagged(n)) => {
                     line(&ServerLine::Lagged { lagged: n })
                 }
-                Err(broadcast::error::RecvError::Closed) => break,
+                Err(RecvError::Closed) => break,
             };
             if tx.send(l).await.is_err() {
                 break;

@@ -11,6 +11,7 @@
 //! connection's run set), never held across an `.await`.
 
 mod conn;
+mod events;
 mod spawn;
 mod table;
 
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::process::Child;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::config::{Config, OsProfileSpec, Registered, Threading};
 use crate::framing::Frame;
@@ -30,6 +31,7 @@ use crate::security::Prepared;
 use crate::storage::{Storage, StorageError};
 
 pub use conn::HandshakeError;
+pub use events::{EventBus, RecvError, Subscriber, TryRecvError};
 pub use spawn::{StartError, expand_command};
 pub use table::{AbortCause, Event, EventKind, RunInfo, TimeInterval, admin_string};
 
@@ -166,7 +168,7 @@ struct Inner {
     config: RwLock<Arc<Config>>,
     storage: Storage,
     table: Mutex<Table>,
-    events: broadcast::Sender<Event>,
+    events: EventBus,
     pool: Mutex<Pool>,
     next_run: AtomicU64,
     next_conn: AtomicU64,
@@ -217,7 +219,7 @@ impl Host {
     /// A host with `config`, storing scripts in `storage`. Must be called inside a tokio
     /// runtime; nothing starts until the first launch.
     pub fn new(config: Config, storage: Storage) -> Host {
-        let (events, _) = broadcast::channel(4096);
+        let events = EventBus::new();
         let table = Table::new(events.clone(), config.host.max_finished_runs);
         Host {
             inner: Arc::new(Inner {
@@ -261,7 +263,7 @@ impl Host {
     }
 
     /// Publishes every run event from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> Subscriber {
         self.inner.events.subscribe()
     }
 

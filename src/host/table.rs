@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, watch};
 
+use super::events::EventBus;
 use crate::proto::{ExitCode, MAX_ERROR_OCTETS, MAX_RESULT_OCTETS, Octets, RunId, RunState};
 
 /// A TimeInterval of the Script MIB: hundredths of a second, 0..=2147483647.
@@ -253,7 +254,7 @@ pub(crate) struct Table {
     finished: BTreeMap<u64, RunId>,
     finished_seq: u64,
     pub active: usize,
-    events: broadcast::Sender<Event>,
+    events: EventBus,
     max_finished: usize,
 }
 
@@ -279,7 +280,7 @@ pub(crate) struct NewRun {
 }
 
 impl Table {
-    pub fn new(events: broadcast::Sender<Event>, max_finished: usize) -> Self {
+    pub fn new(events: EventBus, max_finished: usize) -> Self {
         Table {
             runs: HashMap::new(),
             indexes: HashMap::new(),
@@ -297,7 +298,7 @@ impl Table {
 
     fn publish(&self, run: &RunInfo, kind: EventKind) {
         // No subscriber is fine: the table is the record, events are a convenience.
-        let _ = self.events.send(Event {
+        self.events.publish(Event {
             run_id: run.run_id,
             owner: run.owner.clone(),
             name: run.name.clone(),
@@ -744,9 +745,10 @@ mod opt_time_serde {
 mod tests {
     use super::*;
 
-    fn table() -> (Table, broadcast::Receiver<Event>) {
-        let (tx, rx) = broadcast::channel(64);
-        (Table::new(tx, 3), rx)
+    fn table() -> (Table, super::super::events::Subscriber) {
+        let bus = EventBus::new();
+        let rx = bus.subscribe();
+        (Table::new(bus, 3), rx)
     }
 
     fn new_run(id: u64, lifetime: TimeInterval) -> NewRun {
