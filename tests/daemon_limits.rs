@@ -751,3 +751,55 @@ async fn pipelined_requests_of_a_vanished_client_stop_at_once() {
     c.ok(json!({"op": "whoami"})).await;
     assert!(t0.elapsed() < Duration::from_secs(1));
 }
+
+/// EOF semantics: after the client shuts down its sending side, a request that acts (an
+/// `abort`) is still answered, its pending `wait` is dropped, and the daemon closes the
+/// connection at once instead of holding it until the waited-for run ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_eof_acting_requests_are_answered_and_waits_dropped() {
+    need_root!();
+    let _serial = serial().await;
+    let d = Daemon::start("");
+    let mut c = d.raw().await;
+    let sleeper = c.install("sleeper.sh", SLEEPER).await;
+    let (a, b) = (c.launch(&sleeper).await, c.launch(&sleeper).await);
+    c.reach(a, "executing").await;
+    c.reach(b, "executing").await;
+
+    let mut h = d.raw().await;
+    let wait = h.send(json!({"op": "wait", "run_id": b})).await;
+    let abort = h.send(json!({"op": "abort", "run_id": a})).await;
+    h.w.shutdown().await.unwrap();
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    while let Some(l) = h.line().await {
+        got.push(l);
+    }
+    let took = t0.elapsed();
+    assert!(
+        got.iter()
+            .any(|l| l["id"] == abort && l["result"]["exit_code"] == "halted"),
+        "the abort was answered: {got:?}"
+    );
+    assert!(
+        got.iter().all(|l| l["id"] != wait),
+        "the wait was dropped: {got:?}"
+    );
+    eprintln!(
+        "answered and closed {took:?} after the EOF: {} lines",
+        got.len()
+    );
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    let row = c.ok(json!({"op": "run", "run_id": b})).await;
+    assert_eq!(
+        row["state"], "executing",
+        "the waited-for run goes on: {row}"
+    );
+    // The seat is freed right after the close the client saw.
+    let t1 = Instant::now();
+    while c.clients().await != 1 {
+        assert!(t1.elapsed() < Duration::from_secs(1), "still counted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.ok(json!({"op": "abort", "run_id": b})).await;
+}
