@@ -179,12 +179,7 @@ async fn daemon_run(c: &mut Client, owner: &str, script: &str) {
 }
 
 /// One launch through the in-process host, until its `Terminated` event.
-async fn host_run(
-    host: &Host,
-    events: &mut tokio::sync::broadcast::Receiver<smx::host::Event>,
-    owner: &str,
-    script: &str,
-) {
+async fn host_run(host: &Host, events: &mut smx::host::Subscriber, owner: &str, script: &str) {
     let mut req = LaunchRequest::new(script);
     req.owner = Some(owner.to_owned());
     let run = host.launch(req).unwrap();

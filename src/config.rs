@@ -405,14 +405,77 @@ struct HostSection {
 }
 
 /// Settings of the daemon's control socket.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlSettings {
+    #[serde(default)]
     pub socket: Option<AbsPath>,
     /// Members of this group may act for any owner, like root.
+    #[serde(default)]
     pub admin_group: Option<IdRef>,
     /// Group that owns the socket (mode 0660), so non-admin local users can connect.
+    #[serde(default)]
     pub socket_group: Option<IdRef>,
+    /// Most control connections open at once. Every connection costs a file descriptor
+    /// and some memory; past the cap a new one is told so and closed, so that the daemon
+    /// never runs out of descriptors for its runtimes.
+    #[serde(
+        default = "default_max_connections",
+        deserialize_with = "positive_count"
+    )]
+    pub max_connections: usize,
+    /// Most control connections one user (peer uid) may have open at once, so that one
+    /// local user cannot use up `max_connections` for everyone else. Root and the
+    /// daemon's own user are bound by `max_connections` only.
+    #[serde(
+        default = "default_max_connections_per_uid",
+        deserialize_with = "positive_count"
+    )]
+    pub max_connections_per_uid: usize,
+    /// How long a connection may stay open without sending its first request. A
+    /// connection that has sent one (a subscriber, say) is never closed for being idle.
+    #[serde(
+        default = "default_control_idle",
+        deserialize_with = "positive_duration"
+    )]
+    pub idle_timeout: Duration,
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_connections_per_uid() -> usize {
+    64
+}
+fn default_control_idle() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn positive_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+fn positive_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match Dur::deserialize(d)?.0 {
+        Duration::ZERO => Err(serde::de::Error::custom("must be longer than 0s")),
+        t => Ok(t),
+    }
+}
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        ControlSettings {
+            socket: None,
+            admin_group: None,
+            socket_group: None,
+            max_connections: default_max_connections(),
+            max_connections_per_uid: default_max_connections_per_uid(),
+            idle_timeout: default_control_idle(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -771,6 +834,65 @@ mod tests {
             .to_string();
         assert!(
             e.contains("invalid profile name") && e.contains("runtime.profiles"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn control_connection_limits() {
+        let c = Config::embedded();
+        assert_eq!(c.control.max_connections, 256);
+        assert_eq!(c.control.max_connections_per_uid, 64);
+        assert_eq!(c.control.idle_timeout, Duration::from_secs(30));
+
+        let c = extend(
+            "[control]\nmax_connections = 10\nmax_connections_per_uid = 2\nidle_timeout = \"1500ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.control.max_connections, 10);
+        assert_eq!(c.control.max_connections_per_uid, 2);
+        assert_eq!(c.control.idle_timeout, Duration::from_millis(1500));
+
+        let c = extend("[control]\nsocket = \"/run/x.sock\"\n").unwrap();
+        assert_eq!(
+            (c.control.max_connections, c.control.max_connections_per_uid),
+            (256, 64),
+            "a [control] section without the keys keeps the defaults"
+        );
+
+        for (text, key) in [
+            (
+                "[control]\nmax_connections = 0\n",
+                "control.max_connections",
+            ),
+            (
+                "[control]\nmax_connections = -1\n",
+                "control.max_connections",
+            ),
+            (
+                "[control]\nmax_connections = \"many\"\n",
+                "control.max_connections",
+            ),
+            (
+                "[control]\nmax_connections_per_uid = 0\n",
+                "control.max_connections_per_uid",
+            ),
+            ("[control]\nidle_timeout = \"0s\"\n", "control.idle_timeout"),
+            (
+                "[control]\nidle_timeout = \"soon\"\n",
+                "control.idle_timeout",
+            ),
+            ("[control]\nidle_timeout = 30\n", "control.idle_timeout"),
+        ] {
+            let e = extend(text).unwrap_err().to_string();
+            assert!(e.starts_with("test.toml:2:"), "{text:?}: {e}");
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+        let e = extend("[control]\nmax_conections = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("test.toml:2:") && e.contains("max_conections"),
             "{e}"
         );
     }

@@ -13,10 +13,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use smx::host::{Event, EventKind, Host, RunInfo};
+use smx::host::{EventKind, Host, RunInfo, Subscriber};
 use smx::proto::{ExitCode, Octets, RunId, RunState};
 use smx::storage::Storage;
-use tokio::sync::broadcast::Receiver;
 
 /// A host on the embedded configuration (exec pointed at the real binary by tests/common),
 /// with timeouts generous enough for a loaded 2-core machine: a `python3` behind a pyenv
@@ -87,7 +86,7 @@ fn assert_end(r: &RunInfo, exit: ExitCode, error: &str) {
 }
 
 /// The `Result` events (532: notify false, 533: notify true) published for `run` so far.
-fn results(ev: &mut Receiver<Event>, run: RunId) -> Vec<(Vec<u8>, bool)> {
+fn results(ev: &mut Subscriber, run: RunId) -> Vec<(Vec<u8>, bool)> {
     let mut v = Vec::new();
     while let Ok(e) = ev.try_recv() {
         if let (true, EventKind::Result { result, notify }) = (e.run_id == run, e.kind) {

@@ -108,7 +108,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             match events.recv().await {
                 Ok(ev) if ev.run_id == run => show_progress(&ev.kind),
                 Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                Err(smx::host::RecvError::Lagged(n)) => {
                     eprintln!("smx: ({n} events not shown)");
                 }
                 Err(_) => std::future::pending::<()>().await,

@@ -188,6 +188,11 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The connection already has the maximum number of pending `wait`s (1024).
     Busy,
+    /// The daemon has `[control] max_connections` connections, or the peer's uid has
+    /// `[control] max_connections_per_uid`; sent instead of the greeting, then closed.
+    TooManyConnections,
+    /// The connection sent no request within `[control] idle_timeout`; it is closed.
+    IdleTimeout,
     /// The config file could not be reloaded.
     ConfigError,
     Internal,

@@ -5,21 +5,38 @@
 //! named like their user name. Requests on one connection are served concurrently (each
 //! response carries its request's id), so a client may wait for one run while it controls
 //! another. A bad request gets an error response and disturbs nothing else.
+//!
+//! Everything is bounded. Connections are capped in total and per uid ([`admission`]) and
+//! closed when they send no first request in time; a failing accept backs off instead of
+//! spinning. Each connection's lines go through a byte-bounded queue ([`outbox`]), so a
+//! client that does not read gets backpressure (and, as a subscriber, `lagged` notices),
+//! never unbounded memory. Every task has an owner that ends it: a connection's tasks run
+//! on its own `TaskTracker` and end with its `CancellationToken`s (see [`Conn`]); the
+//! connections run on the daemon's tracker, which shutdown waits for with a timeout.
+//!
+//! [`admission`]: super::admission
+//! [`outbox`]: super::outbox
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf, UCred};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::admission::{Admission, Seat};
+use super::log_limit::LogLimit;
+use super::outbox::{Drain, Outbox, outbox};
 use super::proto::*;
 use crate::config::{Config, IdRef};
 use crate::framing::{Frame, LineReader};
-use crate::host::{ControlError, Host, LaunchError, LaunchRequest, RunInfo};
+use crate::host::{ControlError, Host, LaunchError, LaunchRequest, RecvError, RunInfo};
 use crate::proto::RunId;
 use crate::storage::Storage;
 
@@ -76,9 +93,22 @@ struct Shared {
     host: Host,
     config_path: Option<PathBuf>,
     admin_gid: Mutex<Option<u32>>,
-    clients: AtomicUsize,
+    /// Open control connections, in total and per uid (the `clients` of `stats`).
+    admission: Arc<Admission>,
     started: Instant,
-    shutdown: watch::Receiver<bool>,
+    /// Cancelled when the daemon starts to shut down: every connection writes its notice,
+    /// pending `wait`s answer `shutting_down`, and connections close.
+    shutdown: CancellationToken,
+    /// Cancelled when shutdown has waited long enough: whatever is left ends at once.
+    /// Every connection's token is a child of it.
+    stop: CancellationToken,
+    /// Every connection's task (which waits for its own tasks before it ends).
+    connections: TaskTracker,
+    /// Work a request started that must not be dropped half-way even if the request is
+    /// cancelled: host operations that write to a runtime, blocking calls. Each ends by
+    /// itself (a host command is bounded by the command timeout).
+    detached: TaskTracker,
+    logs: LogLimit,
 }
 
 fn group_gid(key: &'static str, g: &IdRef) -> Result<u32, DaemonError> {
@@ -94,6 +124,9 @@ fn group_gid(key: &'static str, g: &IdRef) -> Result<u32, DaemonError> {
             }),
     }
 }
+
+/// How long shutdown waits for connections to write their notice and close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(
@@ -121,25 +154,27 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
-    let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         host: Host::new(config, storage),
         config_path,
         admin_gid: Mutex::new(admin_gid),
-        clients: AtomicUsize::new(0),
+        admission: Arc::new(Admission::default()),
         started: Instant::now(),
-        shutdown: stop_rx,
+        shutdown: CancellationToken::new(),
+        stop: CancellationToken::new(),
+        connections: TaskTracker::new(),
+        detached: TaskTracker::new(),
+        logs: LogLimit::default(),
     });
     tracing::info!(socket = %socket.display(), storage = %storage_dir.display(), "smx daemon listening");
+    let mut backoff = Backoff::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let s = shared.clone();
-                    tokio::spawn(async move { serve_client(s, stream).await });
+            accepted = accept(&shared, &listener, &mut backoff) => {
+                if let Some(stream) = accepted {
+                    admit(&shared, stream);
                 }
-                Err(e) => tracing::warn!("accept failed: {e}"),
-            },
+            }
             _ = hup.recv() => {
                 if let Err(e) = reload(&shared) {
                     tracing::error!("SIGHUP: configuration not reloaded: {e}");
@@ -154,15 +189,121 @@ pub async fn run(
     let _ = std::fs::remove_file(&socket);
     // Runs end first (subscribers see them terminate), then clients are told and dropped.
     shared.host.shutdown().await;
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    stop_tx.send_replace(true);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    shared.shutdown.cancel();
+    shared.connections.close();
+    shared.detached.close();
     // Let every connection write its shutdown notice (bounded: a client may not read).
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-    while shared.clients.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, shared.connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = shared.admission.open(),
+            "connections still open after {SHUTDOWN_GRACE:?}; closing them"
+        );
+    }
+    shared.stop.cancel();
+    let rest = async {
+        shared.connections.wait().await;
+        shared.detached.wait().await;
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, rest).await.is_err() {
+        tracing::warn!("some control tasks did not end in time; leaving them");
     }
     tracing::info!("smx daemon stopped");
     Ok(())
+}
+
+/// The pause after a failed accept: 5 ms, doubling up to 250 ms, back to 5 ms after a
+/// success. An accept fails over and over while the process is out of file descriptors
+/// (EMFILE, ENFILE); retrying at once spun a core and starved the connections being served.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_millis(250);
+
+    fn new() -> Backoff {
+        Backoff { next: Self::FIRST }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    fn pause(&mut self) -> Duration {
+        let p = self.next;
+        self.next = (p * 2).min(Self::MAX);
+        p
+    }
+}
+
+/// The next connection, or `None` after a failed accept and its pause. Cancel-safe.
+async fn accept(
+    shared: &Shared,
+    listener: &UnixListener,
+    backoff: &mut Backoff,
+) -> Option<UnixStream> {
+    match listener.accept().await {
+        Ok((stream, _)) => {
+            backoff.reset();
+            Some(stream)
+        }
+        Err(e) => {
+            let pause = backoff.pause();
+            if let Some(n) = shared.logs.allow("accept") {
+                tracing::warn!("accept failed: {e}; retrying in {pause:?}{n}");
+            }
+            tokio::time::sleep(pause).await;
+            None
+        }
+    }
+}
+
+/// Starts serving `stream` if the connection caps allow it; otherwise tells it why (one
+/// error line instead of the greeting) and closes it.
+fn admit(shared: &Arc<Shared>, stream: UnixStream) {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(n) = shared.logs.allow("peer_cred") {
+                tracing::warn!("control connection without peer credentials refused: {e}{n}");
+            }
+            return;
+        }
+    };
+    let limits = shared.host.config().control.clone();
+    // The per-uid cap keeps one user from crowding out the others; root and the daemon's
+    // own user (the agent, the admin) are bound by the total only.
+    let uid = cred.uid();
+    let per_uid = if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        usize::MAX
+    } else {
+        limits.max_connections_per_uid
+    };
+    match shared.admission.admit(uid, limits.max_connections, per_uid) {
+        Ok(seat) => {
+            let s = shared.clone();
+            shared
+                .connections
+                .spawn(async move { serve_client(s, stream, cred, seat).await });
+        }
+        Err(refusal) => {
+            if let Some(n) = shared.logs.allow("over_cap") {
+                tracing::warn!(uid = cred.uid(), "control connection refused: {refusal}{n}");
+            }
+            let l = respond(
+                None,
+                Err(fail(ErrorCode::TooManyConnections, refusal.to_string())),
+            );
+            // A new socket's send buffer is empty, so the line fits without waiting; if it
+            // does not, the client learns of the refusal from the close alone.
+            let _ = stream.try_write(l.as_bytes());
+        }
+    }
 }
 
 fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, DaemonError> {
@@ -217,8 +358,9 @@ struct Peer {
 }
 
 impl Peer {
-    fn of(stream: &UnixStream, admin_gid: Option<u32>) -> Option<Peer> {
-        let cred = stream.peer_cred().ok()?;
+    /// The peer of a connection with credentials `cred`. Blocking: it asks NSS for the user
+    /// (which may mean LDAP or a file read) and for the user's groups.
+    fn resolve(cred: UCred, admin_gid: Option<u32>) -> Peer {
         let uid = cred.uid();
         let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .ok()
@@ -235,11 +377,11 @@ impl Peer {
                         .is_ok_and(|gs| gs.iter().any(|x| x.as_raw() == g))
                 })
         });
-        Some(Peer {
+        Peer {
             uid,
             user: name,
             admin: uid == 0 || in_admin_group,
-        })
+        }
     }
 
     fn may_act_for(&self, owner: &str) -> bool {
@@ -277,47 +419,161 @@ const MAX_IN_FLIGHT: usize = 64;
 /// Most `wait`s one connection may have pending; they are passive, so they have their own
 /// quota and never use up the one of the requests that act.
 const MAX_WAITS: usize = 1024;
+/// Most bytes of lines queued for one connection that have not been written to it yet
+/// (see [`outbox`]): a client that does not read costs the daemon this much, not more.
+const OUTBOX_BYTES: usize = 4 << 20;
 
-async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
+/// One connection's state, shared by its reader loop and the tasks it spawns.
+///
+/// Ownership: every task of the connection runs on `tasks` and ends with `all`. The reader
+/// loop ends at the client's EOF, at a failed write, at daemon shutdown or when the
+/// connection stays idle; the connection's task then waits for `tasks`, and only then
+/// frees its admission seat.
+struct Conn {
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    out: Outbox,
+    /// Ends everything of this connection at once: a write to the client failed (nobody
+    /// reads the answers), or the daemon's shutdown grace ran out.
+    all: CancellationToken,
+    /// Ends the passive work, pending `wait`s and the subscription, at the client's EOF:
+    /// they would otherwise keep the connection open for as long as a run lives. A child
+    /// of `all`. Requests that act are not cancelled by EOF: they end within the host's
+    /// command timeout and their answers are written if the client still reads.
+    passive: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Why a connection's reader loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The client closed its side (or reading failed).
+    Eof,
+    /// `all` was cancelled: a failed write or the end of the shutdown grace.
+    Cancelled,
+    /// The daemon is shutting down; the notice was queued.
+    Shutdown,
+    /// No request within the idle timeout.
+    Idle,
+}
+
+impl Conn {
+    /// Queues `line`; `false` if the connection is going away.
+    async fn send(&self, line: String) -> bool {
+        matches!(
+            self.all.run_until_cancelled(self.out.send(line)).await,
+            Some(Ok(()))
+        )
+    }
+}
+
+async fn serve_client(shared: Arc<Shared>, stream: UnixStream, cred: UCred, seat: Seat) {
+    let _seat = seat;
     let admin_gid = *shared.admin_gid.lock().expect("admin lock");
-    let Some(peer) = Peer::of(&stream, admin_gid) else {
-        tracing::warn!("control connection without peer credentials refused");
-        return;
+    let all = shared.stop.child_token();
+    let lookup = shared
+        .detached
+        .spawn_blocking(move || Peer::resolve(cred, admin_gid));
+    let peer = match all.run_until_cancelled(lookup).await {
+        Some(Ok(p)) => Arc::new(p),
+        Some(Err(e)) => {
+            tracing::error!("peer lookup failed: {e}");
+            return;
+        }
+        None => return,
     };
-    shared.clients.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(user = %peer.user, uid = peer.uid, admin = peer.admin, "control client connected");
-    let (read, mut write) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<String>(1024);
-    let writer = tokio::spawn(async move {
-        while let Some(l) = rx.recv().await {
-            if write.write_all(l.as_bytes()).await.is_err() {
+    let (read, write) = stream.into_split();
+    let (out, drain) = outbox(OUTBOX_BYTES);
+    let tasks = TaskTracker::new();
+    tasks.spawn(write_lines(drain, write, all.clone()));
+    let conn = Conn {
+        shared,
+        peer,
+        out,
+        passive: all.child_token(),
+        all,
+        tasks,
+    };
+    let ended = read_requests(&conn, read).await;
+    tracing::debug!(user = %conn.peer.user, ?ended, "control client done reading");
+    if ended != Ended::Shutdown {
+        // At shutdown pending waits answer `shutting_down` by themselves.
+        conn.passive.cancel();
+    }
+    let Conn { out, tasks, .. } = conn;
+    // The writer ends once every task holding an `Outbox` has ended and the queue is
+    // written (or at once if `all` is cancelled).
+    drop(out);
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// Writes queued lines to the client until every sender is gone or `all` is cancelled. A
+/// failed write cancels `all`: nobody reads what the connection would still produce.
+async fn write_lines(mut drain: Drain, write: OwnedWriteHalf, all: CancellationToken) {
+    let mut w = BufWriter::with_capacity(64 * 1024, write);
+    loop {
+        let Some(Some(first)) = all.run_until_cancelled(drain.recv()).await else {
+            break;
+        };
+        // Write whatever else is queued in the same flush: one syscall for a burst of
+        // events rather than one per line.
+        let batch = async {
+            w.write_all(first.line.as_bytes()).await?;
+            drop(first);
+            while let Some(q) = drain.try_recv() {
+                w.write_all(q.line.as_bytes()).await?;
+            }
+            w.flush().await
+        };
+        match all.run_until_cancelled(batch).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::debug!("control client write failed: {e}");
+                all.cancel();
                 break;
             }
+            None => break,
         }
-    });
+    }
+}
+
+/// The reader loop: parses requests and starts a task for each.
+async fn read_requests(conn: &Conn, read: OwnedReadHalf) -> Ended {
+    let shared = &conn.shared;
+    let peer = &conn.peer;
     let greeting = Greeting {
         protocol: PROTOCOL.into(),
         version: VERSION,
         server: format!("smx/{}", env!("CARGO_PKG_VERSION")),
     };
-    let _ = tx.send(line(&greeting)).await;
+    if !conn.send(line(&greeting)).await {
+        return Ended::Cancelled;
+    }
+    let idle_timeout = shared.host.config().control.idle_timeout;
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let mut active = false;
     let mut reader = LineReader::new(read, MAX_REQUEST_LINE);
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let waits = Arc::new(Semaphore::new(MAX_WAITS));
-    let mut subscription: Option<tokio::task::JoinHandle<()>> = None;
-    let mut shutdown = shared.shutdown.clone();
-    loop {
+    let mut subscription: Option<(CancellationToken, JoinHandle<()>)> = None;
+    let ended = loop {
         let frame = tokio::select! {
+            biased;
+            _ = conn.all.cancelled() => break Ended::Cancelled,
+            _ = shared.shutdown.cancelled() => break Ended::Shutdown,
+            _ = &mut idle, if !active => break Ended::Idle,
             f = reader.next() => f,
-            _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => {
-                let _ = tx.send(line(&ServerLine::Shutdown { shutdown: true })).await;
-                break;
-            }
         };
         let raw = match frame {
             Ok(Some(Frame::Line(l))) => l,
             Ok(Some(Frame::Overlong)) => {
-                tracing::warn!(user = %peer.user, "request line longer than {MAX_REQUEST_LINE} octets refused");
+                active = true;
+                if let Some(n) = shared.logs.allow("overlong") {
+                    tracing::warn!(user = %peer.user, "request line longer than {MAX_REQUEST_LINE} octets refused{n}");
+                }
                 let r = respond(
                     None,
                     Err(fail(
@@ -325,36 +581,41 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
                         format!("request lines are limited to {MAX_REQUEST_LINE} octets"),
                     )),
                 );
-                let _ = tx.send(r).await;
+                if !conn.send(r).await {
+                    break Ended::Cancelled;
+                }
                 continue;
             }
-            _ => break,
+            _ => break Ended::Eof,
         };
         if raw.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        active = true;
         let req = match parse(&raw) {
             Ok(r) => r,
             Err((id, e)) => {
-                tracing::info!(user = %peer.user, "bad request: {}", e.message);
-                let _ = tx.send(respond(id, Err(e))).await;
+                if let Some(n) = shared.logs.allow("bad_request") {
+                    tracing::info!(user = %peer.user, "bad request: {}{n}", e.message);
+                }
+                if !conn.send(respond(id, Err(e))).await {
+                    break Ended::Cancelled;
+                }
                 continue;
             }
         };
         if let Op::Subscribe { owner, run_id } = &req.op {
-            let r = subscribe(&shared, &peer, owner.clone(), *run_id, tx.clone());
-            match r {
-                Ok(task) => {
-                    if let Some(old) = subscription.replace(task) {
-                        old.abort();
+            let r = match subscribe(conn, owner.clone(), *run_id) {
+                Ok(started) => {
+                    if let Some((old, _)) = subscription.replace(started) {
+                        old.cancel();
                     }
-                    let _ = tx
-                        .send(respond(req.id, ok(serde_json::json!({"subscribed": true}))))
-                        .await;
+                    ok(serde_json::json!({"subscribed": true}))
                 }
-                Err(e) => {
-                    let _ = tx.send(respond(req.id, Err(e))).await;
-                }
+                Err(e) => Err(e),
+            };
+            if !conn.send(respond(req.id, r)).await {
+                break Ended::Cancelled;
             }
             continue;
         }
@@ -369,32 +630,77 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
                     let msg = format!(
                         "{MAX_WAITS} waits of this connection are pending; retry when one is answered"
                     );
-                    let _ = tx
+                    if !conn
                         .send(respond(req.id, Err(fail(ErrorCode::Busy, msg))))
-                        .await;
+                        .await
+                    {
+                        break Ended::Cancelled;
+                    }
                     continue;
                 }
             }
         } else {
-            let Ok(p) = slots.clone().acquire_owned().await else {
-                break;
-            };
-            p
+            match conn
+                .all
+                .run_until_cancelled(slots.clone().acquire_owned())
+                .await
+            {
+                Some(Ok(p)) => p,
+                _ => break Ended::Cancelled,
+            }
         };
-        let (s, p, tx) = (shared.clone(), peer.clone(), tx.clone());
-        tokio::spawn(async move {
-            let id = req.id.clone();
-            let result = handle(&s, &p, req.op).await;
-            let _ = tx.send(respond(id, result)).await;
-            drop(permit);
-        });
+        spawn_request(conn, req, permit);
+    };
+    match ended {
+        Ended::Shutdown => {
+            // The notice is the last line: stop the event stream first.
+            if let Some((token, task)) = subscription.take() {
+                token.cancel();
+                let _ = task.await;
+            }
+            conn.send(line(&ServerLine::Shutdown { shutdown: true }))
+                .await;
+        }
+        Ended::Idle => {
+            tracing::debug!(user = %peer.user, "control connection idle for {idle_timeout:?}; closing");
+            let msg = format!(
+                "no request within {} ([control] idle_timeout); closing",
+                humantime::format_duration(idle_timeout)
+            );
+            conn.send(respond(None, Err(fail(ErrorCode::IdleTimeout, msg))))
+                .await;
+        }
+        Ended::Eof | Ended::Cancelled => {}
     }
-    if let Some(t) = subscription {
-        t.abort();
-    }
-    drop(tx);
-    let _ = writer.await;
-    shared.clients.fetch_sub(1, Ordering::Relaxed);
+    ended
+}
+
+/// Serves one request on the connection's tracker. A `wait` ends with `passive` (the
+/// client's EOF), anything else with `all`.
+fn spawn_request(conn: &Conn, req: Request, permit: OwnedSemaphorePermit) {
+    let token = if matches!(req.op, Op::Wait { .. }) {
+        conn.passive.clone()
+    } else {
+        conn.all.clone()
+    };
+    let (shared, peer, out, all) = (
+        conn.shared.clone(),
+        conn.peer.clone(),
+        conn.out.clone(),
+        conn.all.clone(),
+    );
+    conn.tasks.spawn(async move {
+        let id = req.id.clone();
+        let Some(result) = token
+            .run_until_cancelled(handle(&shared, &peer, req.op))
+            .await
+        else {
+            return;
+        };
+        let _ = all.run_until_cancelled(out.send(respond(id, result))).await;
+        // Only now: the quota also bounds the answers waiting for room in the outbox.
+        drop(permit);
+    });
 }
 
 fn respond(id: Option<serde_json::Value>, r: Reply) -> String {
@@ -533,9 +839,15 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
                     "script name must be 1-255 octets",
                 ));
             }
-            let rel = host
-                .storage()
-                .install(&owner, &script, content.as_bytes(), executable)
+            // It fsyncs while holding the fork guard: not on an async worker.
+            let (h, o, sc) = (host.clone(), owner.clone(), script.clone());
+            let rel = shared
+                .detached
+                .spawn_blocking(move || {
+                    h.storage().install(&o, &sc, content.as_bytes(), executable)
+                })
+                .await
+                .map_err(|e| fail(ErrorCode::Internal, e.to_string()))?
                 .map_err(|e| fail(ErrorCode::BadScript, e.to_string()))?;
             tracing::info!(user = %peer.user, owner, script = rel, "script installed");
             ok(Installed { script: rel })
@@ -575,19 +887,31 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
         Op::Run { run_id } => ok(owned_run(shared, peer, run_id, name)?),
         Op::Suspend { run_id } => {
             owned_run(shared, peer, run_id, name)?;
-            ok(host.suspend(run_id).await.map_err(control_error)?)
+            let h = host.clone();
+            ok(detached(shared, async move { h.suspend(run_id).await })
+                .await?
+                .map_err(control_error)?)
         }
         Op::Resume { run_id } => {
             owned_run(shared, peer, run_id, name)?;
-            ok(host.resume(run_id).await.map_err(control_error)?)
+            let h = host.clone();
+            ok(detached(shared, async move { h.resume(run_id).await })
+                .await?
+                .map_err(control_error)?)
         }
         Op::Abort { run_id } => {
             owned_run(shared, peer, run_id, name)?;
-            ok(host.abort(run_id).await.map_err(control_error)?)
+            let h = host.clone();
+            ok(detached(shared, async move { h.abort(run_id).await })
+                .await?
+                .map_err(control_error)?)
         }
         Op::Refresh { run_id } => {
             owned_run(shared, peer, run_id, name)?;
-            ok(host.refresh(run_id).await.map_err(control_error)?)
+            let h = host.clone();
+            ok(detached(shared, async move { h.refresh(run_id).await })
+                .await?
+                .map_err(control_error)?)
         }
         Op::Set {
             run_id,
@@ -607,10 +931,10 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
         }
         Op::Wait { run_id } => {
             owned_run(shared, peer, run_id, name)?;
-            let mut stop = shared.shutdown.clone();
             tokio::select! {
+                biased;
+                _ = shared.shutdown.cancelled() => Err(fail(ErrorCode::ShuttingDown, "the daemon is shutting down")),
                 r = host.wait(run_id) => ok(r.ok_or_else(|| fail(ErrorCode::NoSuchRun, format!("run {run_id} was removed")))?),
-                _ = async { stop.wait_for(|s| *s).await.is_ok() } => Err(fail(ErrorCode::ShuttingDown, "the daemon is shutting down")),
             }
         }
         Op::Stats => {
@@ -628,7 +952,7 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
             }
             ok(Stats {
                 host: stats,
-                clients: shared.clients.load(Ordering::Relaxed),
+                clients: shared.admission.open(),
                 uptime_secs: shared.started.elapsed().as_secs(),
             })
         }
@@ -650,27 +974,52 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
     }
 }
 
-/// Forwards matching host events to the connection until it closes.
-fn subscribe(
+/// Runs a host operation as a task of its own and waits for it. The host's futures write
+/// to a runtime's pipe and are not cancel-safe: if the request is cancelled (its client
+/// went away), the operation goes on to its end, detached, instead of being dropped
+/// half-way.
+async fn detached<T: Send + 'static>(
     shared: &Shared,
-    peer: &Peer,
+    op: impl Future<Output = T> + Send + 'static,
+) -> Result<T, ErrorBody> {
+    shared
+        .detached
+        .spawn(op)
+        .await
+        .map_err(|e| fail(ErrorCode::Internal, e.to_string()))
+}
+
+/// An event line, serialized from the bus's shared copy (no copy per subscriber).
+#[derive(Serialize)]
+struct EventLine<'a> {
+    event: &'a crate::host::Event,
+}
+
+/// Starts forwarding matching host events to the connection; the subscription ends with
+/// its token (a child of `passive`) or when the connection can take no more lines.
+fn subscribe(
+    conn: &Conn,
     owner: Option<String>,
     run: Option<RunId>,
-    tx: mpsc::Sender<String>,
-) -> Result<tokio::task::JoinHandle<()>, ErrorBody> {
+) -> Result<(CancellationToken, JoinHandle<()>), ErrorBody> {
+    let peer = conn.peer.clone();
     if let Some(o) = &owner
         && !peer.may_act_for(o)
     {
-        return Err(refuse(peer, "subscribe", o));
+        return Err(refuse(&peer, "subscribe", o));
     }
     if let Some(r) = run {
-        owned_run(shared, peer, r, "subscribe")?;
+        owned_run(&conn.shared, &peer, r, "subscribe")?;
     }
-    let mut events = shared.host.subscribe();
-    let peer = peer.clone();
-    Ok(tokio::spawn(async move {
+    let mut events = conn.shared.host.subscribe();
+    let token = conn.passive.child_token();
+    let (out, stop) = (conn.out.clone(), token.clone());
+    let task = conn.tasks.spawn(async move {
         loop {
-            let l = match events.recv().await {
+            let Some(got) = stop.run_until_cancelled(events.recv_shared()).await else {
+                break;
+            };
+            let l = match got {
                 Ok(e) => {
                     let visible = peer.may_act_for(&e.owner)
                         && owner.as_ref().is_none_or(|o| *o == e.owner)
@@ -678,16 +1027,18 @@ fn subscribe(
                     if !visible {
                         continue;
                     }
-                    line(&ServerLine::Event { event: e })
+                    line(&EventLine { event: &e })
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    line(&ServerLine::Lagged { lagged: n })
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
+                // A subscriber whose client reads slowly waits here (the outbox is full)
+                // while the bus drops what it cannot keep: the client is told how many.
+                Err(RecvError::Lagged(n)) => line(&ServerLine::Lagged { lagged: n }),
+                Err(RecvError::Closed) => break,
             };
-            if tx.send(l).await.is_err() {
-                break;
+            match stop.run_until_cancelled(out.send(l)).await {
+                Some(Ok(())) => {}
+                _ => break,
             }
         }
-    }))
+    });
+    Ok((token, task))
 }

@@ -15,6 +15,7 @@
 //! - `hello`, `start`, `suspend`, `resume`, `abort`, `status`: one SMX command each, with
 //!   its precondition, the command, how its replies change the run, and its timeout;
 //! - `pending`: routes a reply to its command's rule; `notify`: 6.2.8 notifications;
+//! - `events`: the bounded bus that publishes every change of a run;
 //! - `spawn`: starting a runtime process over a pipe or TCP.
 //!
 //! Concurrency: each runtime connection has one task that reads its lines and applies
@@ -26,6 +27,7 @@ mod abort;
 mod clock;
 mod conn;
 mod connection;
+mod events;
 mod hello;
 mod launch;
 mod notify;
@@ -44,7 +46,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -53,6 +55,7 @@ use crate::proto::{Command, Id, RunId, RunState};
 use crate::storage::Storage;
 
 pub use clock::TimeInterval;
+pub use events::{EventBus, RecvError, Subscriber, TryRecvError};
 pub use hello::HandshakeError;
 pub use launch::{LaunchError, LaunchRequest, admin_prefix, invoking_user};
 pub use spawn::{StartError, expand_command};
@@ -109,7 +112,7 @@ struct Inner {
     config: RwLock<Arc<Config>>,
     storage: Storage,
     table: Mutex<Table>,
-    events: broadcast::Sender<Event>,
+    events: EventBus,
     pool: Mutex<Pool>,
     next_run: AtomicU64,
     next_conn: AtomicU64,
@@ -128,7 +131,7 @@ impl Host {
     /// A host with `config`, storing scripts in `storage`. Must be called inside a tokio
     /// runtime; nothing starts until the first launch but the clock task.
     pub fn new(config: Config, storage: Storage) -> Host {
-        let (events, _) = broadcast::channel(4096);
+        let events = EventBus::new();
         let table = Table::new(events.clone(), config.host.max_finished_runs);
         let wake = table.clock_wake();
         let inner = Arc::new(Inner {
@@ -176,7 +179,7 @@ impl Host {
     }
 
     /// Publishes every run event from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> Subscriber {
         self.inner.events.subscribe()
     }
 

@@ -83,9 +83,10 @@ mod tests {
 
     const RUN: RunId = RunId(5);
 
-    fn table() -> (Table, tokio::sync::broadcast::Receiver<crate::host::Event>) {
-        let (tx, rx) = tokio::sync::broadcast::channel(64);
-        let mut t = Table::new(tx, 10);
+    fn table() -> (Table, crate::host::Subscriber) {
+        let bus = crate::host::EventBus::new();
+        let rx = bus.subscribe();
+        let mut t = Table::new(bus, 10);
         t.insert(NewRun {
             run_id: RUN,
             owner: "o".into(),

@@ -149,8 +149,7 @@ mod tests {
     }
 
     fn table(before: Before) -> Table {
-        let (tx, _) = tokio::sync::broadcast::channel(16);
-        let mut t = Table::new(tx, 10);
+        let mut t = Table::new(crate::host::EventBus::new(), 10);
         t.insert(NewRun {
             run_id: RUN,
             owner: "o".into(),

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, watch};
 
 use super::clock::{Countdown, TimeInterval};
+use super::events::EventBus;
 use crate::proto::{ExitCode, MAX_ERROR_OCTETS, MAX_RESULT_OCTETS, Octets, RunId, RunState};
 
 /// A snapshot of one smRunTable row plus the host's own bookkeeping.
@@ -188,7 +189,7 @@ pub(crate) struct Table {
     schedule: BTreeSet<(Instant, RunId)>,
     /// Wakes the clock task when an earlier deadline appears.
     clock: Arc<Notify>,
-    events: broadcast::Sender<Event>,
+    events: EventBus,
     max_finished: usize,
 }
 
@@ -207,7 +208,7 @@ pub(crate) struct NewRun {
 }
 
 impl Table {
-    pub fn new(events: broadcast::Sender<Event>, max_finished: usize) -> Self {
+    pub fn new(events: EventBus, max_finished: usize) -> Self {
         Table {
             runs: HashMap::new(),
             indexes: HashMap::new(),
@@ -234,7 +235,7 @@ impl Table {
 
     fn publish(&self, run: &RunInfo, kind: EventKind) {
         // No subscriber is fine: the table is the record, events are a convenience.
-        let _ = self.events.send(Event {
+        self.events.publish(Event {
             run_id: run.run_id,
             owner: run.owner.clone(),
             name: run.name.clone(),
@@ -866,9 +867,10 @@ mod opt_time_serde {
 mod tests {
     use super::*;
 
-    fn table() -> (Table, broadcast::Receiver<Event>) {
-        let (tx, rx) = broadcast::channel(64);
-        (Table::new(tx, 3), rx)
+    fn table() -> (Table, super::super::events::Subscriber) {
+        let bus = EventBus::new();
+        let rx = bus.subscribe();
+        (Table::new(bus, 3), rx)
     }
 
     pub(crate) fn new_run(id: u64, lifetime: TimeInterval) -> NewRun {
@@ -1016,8 +1018,7 @@ mod tests {
 
     #[test]
     fn a_run_leaves_its_connection_when_settled_and_when_evicted() {
-        let (tx, _rx) = broadcast::channel(64);
-        let mut t = Table::new(tx, 0);
+        let mut t = Table::new(EventBus::new(), 0);
         let wake = Arc::new(Notify::new());
         let c = ConnId(7);
         t.open_conn(c, wake.clone());
