@@ -812,7 +812,10 @@ async fn eviction_by_max_finished_runs_closes_the_runtime() {
             .await
             .expect("run ends")
             .expect("a pending wait gets the final row");
-        assert_eq!((r.exit_code, r.result.as_bytes()), (ExitCode::NoError, &b"done"[..]));
+        assert_eq!(
+            (r.exit_code, r.result.as_bytes()),
+            (ExitCode::NoError, &b"done"[..])
+        );
         assert!(host.run(run).is_none(), "evicted");
     }
     eventually(5, "every runtime process to be closed", || {

@@ -146,7 +146,12 @@ mod tests {
             }
             assert_eq!(r.result.as_bytes(), row.result.as_bytes(), "{}", row.rule);
             assert_eq!(r.error, row.error, "{}", row.rule);
-            assert_eq!(effects.cancel_pending, row.state == Terminated, "{}", row.rule);
+            assert_eq!(
+                effects.cancel_pending,
+                row.state == Terminated,
+                "{}",
+                row.rule
+            );
             let mut notified = false;
             while let Ok(e) = rx.try_recv() {
                 notified |= matches!(
@@ -163,7 +168,10 @@ mod tests {
         // "Processing stops if there is no running script with the RunId."
         let (mut t, _rx) = table();
         apply(&mut t, ConnId(2), decode("532 0 5 2 \"forged\""));
-        assert!(t.snapshot(RUN).unwrap().result.is_empty(), "another connection's notification");
+        assert!(
+            t.snapshot(RUN).unwrap().result.is_empty(),
+            "another connection's notification"
+        );
         apply(&mut t, ConnId(1), decode("532 0 99 2 \"x\""));
         // A 531 terminated still takes the 538 with the ExitCode, and nothing after it.
         apply(&mut t, ConnId(1), decode("531 0 5 7"));

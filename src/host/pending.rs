@@ -247,7 +247,12 @@ mod tests {
                 assert!(t.is_settled(RUN), "{}: settled", row.rule);
                 assert_eq!(t.runs_on(ConnId(1)), 0, "{}: left its connection", row.rule);
             }
-            assert!(r.error.contains(row.error), "{}: error {:?}", row.rule, r.error);
+            assert!(
+                r.error.contains(row.error),
+                "{}: error {:?}",
+                row.rule,
+                r.error
+            );
             assert_eq!(effects, row.effects, "{}", row.rule);
         }
     }
@@ -255,12 +260,20 @@ mod tests {
     #[test]
     fn rule_5_replies_of_the_wrong_kind_are_discarded() {
         let decode = |l: &str| Reply::decode(format!("{l}\r\n").as_bytes()).unwrap();
-        for what in [Pending::Start(RUN), Pending::Suspend(RUN), Pending::Resume(RUN), Pending::Status(RUN)] {
+        for what in [
+            Pending::Start(RUN),
+            Pending::Suspend(RUN),
+            Pending::Resume(RUN),
+            Pending::Status(RUN),
+        ] {
             assert!(!what.accepts(&decode("232 2")), "{what:?} takes no 232");
             assert!(what.accepts(&decode("231 2 2")));
             assert!(what.accepts(&decode("434 2")));
         }
-        assert!(!Pending::Abort(RUN).accepts(&decode("231 2 2")), "abort takes no 231");
+        assert!(
+            !Pending::Abort(RUN).accepts(&decode("231 2 2")),
+            "abort takes no 231"
+        );
         assert!(Pending::Abort(RUN).accepts(&decode("232 2")));
         assert!(!Pending::Abort(RUN).accepts(&decode("211 2 SMX/1.1")));
     }
