@@ -4,6 +4,7 @@
 //! then driven with raw SMX lines, well-formed and not. Each check yields one [`Outcome`]
 //! naming the RFC section, what was sent and what came back.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -67,11 +68,98 @@ struct Line {
     reply: Result<Reply, crate::proto::Malformed>,
 }
 
+/// Lines read from the runtime and not yet looked at, at most. The reader stops reading the
+/// runtime while the queue is full, so a runtime that floods blocks on its pipe.
+const LINE_QUEUE: usize = 64;
+
+/// Stray lines [`Seen`] keeps, at most.
+const SEEN_LINES: usize = 512;
+/// Octets of stray lines [`Seen`] keeps, at most (a line may be 256 KiB).
+const SEEN_OCTETS: usize = 4 << 20;
+
+/// Offending lines a FAIL quotes, at most; the others are counted.
+const SHOWN: usize = 5;
+
+/// Notifications and stray lines seen while waiting for replies: what later checks look up,
+/// bounded, since a runtime may send `511` (or anything) forever.
+///
+/// Well-formed `511` messages are only counted (no check looks one up); other lines are kept,
+/// the most recent [`SEEN_LINES`] of them. The section 5 and 6.1.7 verdicts are counted as
+/// lines arrive, so they cover every line, kept or not.
+#[derive(Default)]
+struct Seen {
+    kept: VecDeque<Line>,
+    kept_octets: usize,
+    /// Lines dropped from `kept` to stay in bounds (later checks cannot find them).
+    dropped: u64,
+    /// Lines seen since the last [`Seen::take`].
+    total: u64,
+    /// Lines not ending in CRLF or not well-formed (section 5), and the first few of them.
+    malformed: u64,
+    malformed_shown: Vec<String>,
+    /// Lines starting with `5` (notifications, 6.1.7); those that are malformed or carry an
+    /// Id other than Zero, and the first few of them.
+    notes: u64,
+    bad_notes: u64,
+    bad_notes_shown: Vec<String>,
+}
+
+impl Seen {
+    fn push(&mut self, l: Line) {
+        self.total += 1;
+        if !l.raw.ends_with(b"\r\n") || l.reply.is_err() {
+            self.malformed += 1;
+            if self.malformed_shown.len() < SHOWN {
+                self.malformed_shown.push(show(&l.raw));
+            }
+        }
+        if l.raw.first() == Some(&b'5') {
+            self.notes += 1;
+            if l.reply.as_ref().map_or(true, |r| r.id().is_some()) {
+                self.bad_notes += 1;
+                if self.bad_notes_shown.len() < SHOWN {
+                    self.bad_notes_shown.push(show(&l.raw));
+                }
+            }
+        }
+        if matches!(l.reply, Ok(Reply::Message { .. })) {
+            return;
+        }
+        self.kept_octets += l.raw.len();
+        self.kept.push_back(l);
+        while self.kept.len() > SEEN_LINES || self.kept_octets > SEEN_OCTETS {
+            let Some(old) = self.kept.pop_front() else {
+                break;
+            };
+            self.kept_octets -= old.raw.len();
+            self.dropped += 1;
+        }
+    }
+
+    /// The kept lines, and a fresh start.
+    fn take(&mut self) -> VecDeque<Line> {
+        std::mem::take(self).kept
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Line> {
+        self.kept.iter()
+    }
+}
+
+/// `shown`, and how many more of `count` there were.
+fn listing(shown: &[String], count: u64) -> String {
+    let more = count.saturating_sub(shown.len() as u64);
+    if more == 0 {
+        shown.join(", ")
+    } else {
+        format!("{} and {more} more", shown.join(", "))
+    }
+}
+
 struct Session {
     writer: Option<crate::host::BoxWrite>,
-    lines: mpsc::UnboundedReceiver<Line>,
-    /// Notifications and stray lines seen while waiting for replies.
-    seen: Vec<Line>,
+    lines: mpsc::Receiver<Line>,
+    seen: Seen,
     timeout: Duration,
     child: tokio::process::Child,
 }
@@ -104,13 +192,23 @@ impl Session {
         ok && w.flush().await.is_ok()
     }
 
-    /// The next reply carrying `id`; notifications and others are kept in `seen`.
+    /// The next line before `deadline`. The deadline is checked before every line: a
+    /// runtime that floods keeps the queue full, and a timeout polls the receive first, so
+    /// one that is always ready rarely lets the timeout decide.
+    async fn next_line(&mut self, deadline: tokio::time::Instant) -> Option<Line> {
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::timeout_at(deadline, self.lines.recv())
+            .await
+            .ok()?
+    }
+
+    /// The next reply carrying `id`; notifications and others go to `seen`.
     async fn reply(&mut self, id: u64) -> Option<Line> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
-            let line = tokio::time::timeout_at(deadline, self.lines.recv())
-                .await
-                .ok()??;
+            let line = self.next_line(deadline).await?;
             if matches!(&line.reply, Ok(r) if r.id() == Some(Id(id))) {
                 return Some(line);
             }
@@ -130,9 +228,7 @@ impl Session {
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let line = tokio::time::timeout_at(deadline, self.lines.recv())
-                .await
-                .ok()??;
+            let line = self.next_line(deadline).await?;
             let hit = line.reply.as_ref().ok().filter(|r| f(r)).cloned();
             self.seen.push(line);
             if hit.is_some() {
@@ -141,14 +237,12 @@ impl Session {
         }
     }
 
-    /// Lines that arrive within `wait`, all of them.
-    async fn drain(&mut self, wait: Duration) -> Vec<Line> {
+    /// Moves the lines that arrive within `wait` to `seen`.
+    async fn absorb(&mut self, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut v = Vec::new();
-        while let Ok(Some(l)) = tokio::time::timeout_at(deadline, self.lines.recv()).await {
-            v.push(l);
+        while let Some(l) = self.next_line(deadline).await {
+            self.seen.push(l);
         }
-        v
     }
 }
 
@@ -267,19 +361,18 @@ pub async fn run(opts: &Options, print: bool) -> Vec<Outcome> {
         what,
     );
 
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(LINE_QUEUE);
     let mut reader = started.reader;
     tokio::spawn(async move {
         while let Ok(Some(f)) = reader.next().await {
             let Frame::Line(raw) = f else { continue };
             let reply = Reply::decode(&raw);
-            if tx
-                .send(Line {
-                    raw: raw.to_vec(),
-                    reply,
-                })
-                .is_err()
-            {
+            let line = Line {
+                raw: raw.to_vec(),
+                reply,
+            };
+            // Waits while the checks are behind: the runtime is read no faster than that.
+            if tx.send(line).await.is_err() {
                 break;
             }
         }
@@ -293,7 +386,7 @@ pub async fn run(opts: &Options, print: bool) -> Vec<Outcome> {
     let mut s = Session {
         writer: Some(started.writer),
         lines: rx,
-        seen: Vec::new(),
+        seen: Seen::default(),
         timeout: opts.timeout,
         child: started.child,
     };
@@ -330,12 +423,8 @@ async fn checks(s: &mut Session, rep: &mut Report, opts: &Options) {
     s.send("garbage").await;
     s.send("hello 6").await;
     let got = s.reply(6).await;
-    let stray: Vec<String> = s
-        .seen
-        .drain(..)
-        .filter(|l| !matches!(&l.reply, Ok(Reply::Message { .. })))
-        .map(|l| show(&l.raw))
-        .collect();
+    // `take` starts the later checks afresh and keeps no 511s.
+    let stray = s.seen.take();
     let (v, d) = match (&got, stray.is_empty()) {
         (Some(_), true) => (
             Verdict::Pass,
@@ -345,10 +434,16 @@ async fn checks(s: &mut Session, rep: &mut Report, opts: &Options) {
             Verdict::Fail,
             "sent \"garbage\" then \"hello 6\": no 211 6".to_owned(),
         ),
-        (_, false) => (
-            Verdict::Fail,
-            format!("sent \"garbage\": got {}", stray.join(", ")),
-        ),
+        (_, false) => {
+            let shown: Vec<String> = stray.iter().take(SHOWN).map(|l| show(&l.raw)).collect();
+            (
+                Verdict::Fail,
+                format!(
+                    "sent \"garbage\": got {}",
+                    listing(&shown, stray.len() as u64)
+                ),
+            )
+        }
     };
     rep.add(
         "6.1",
@@ -525,28 +620,30 @@ async fn checks(s: &mut Session, rep: &mut Report, opts: &Options) {
     }
 
     // Everything the runtime wrote so far must be CRLF-terminated, well-formed SMX.
-    let rest = s.drain(Duration::from_millis(200)).await;
-    s.seen.extend(rest);
-    let bad: Vec<String> = s
-        .seen
-        .iter()
-        .filter(|l| !l.raw.ends_with(b"\r\n") || l.reply.is_err())
-        .map(|l| show(&l.raw))
-        .collect();
-    let (v, d) = if bad.is_empty() {
+    s.absorb(Duration::from_millis(200)).await;
+    let (v, mut d) = if s.seen.malformed == 0 {
         (
             Verdict::Pass,
             format!(
                 "{} asynchronous lines, all CRLF-terminated and well-formed",
-                s.seen.len()
+                s.seen.total
             ),
         )
     } else {
         (
             Verdict::Fail,
-            format!("malformed or not CRLF-terminated: {}", bad.join(", ")),
+            format!(
+                "malformed or not CRLF-terminated: {}",
+                listing(&s.seen.malformed_shown, s.seen.malformed)
+            ),
         )
     };
+    if s.seen.dropped > 0 {
+        d.push_str(&format!(
+            "; {} stray lines beyond the last {SEEN_LINES} were not kept for lookups",
+            s.seen.dropped
+        ));
+    }
     rep.add("5", "every message is well-formed and ends with CRLF", v, d);
 
     shutdown_check(s, rep, opts).await;
@@ -811,35 +908,28 @@ async fn with_script(s: &mut Session, rep: &mut Report, opts: &Options, script: 
         d,
     );
 
-    let rest = s.drain(Duration::from_millis(200)).await;
-    s.seen.extend(rest);
-    let notes: Vec<&Line> = s
-        .seen
-        .iter()
-        .filter(|l| l.raw.first() == Some(&b'5'))
-        .collect();
-    let bad: Vec<String> = notes
-        .iter()
-        .filter(|l| l.reply.as_ref().map_or(true, |r| r.id().is_some()))
-        .map(|l| show(&l.raw))
-        .collect();
-    let (v, d) = if notes.is_empty() {
+    s.absorb(Duration::from_millis(200)).await;
+    let seen = &s.seen;
+    let (v, d) = if seen.notes == 0 {
         (
             Verdict::Fail,
             "no asynchronous notification at all (a 538 must end every run)".to_owned(),
         )
-    } else if bad.is_empty() {
+    } else if seen.bad_notes == 0 {
         (
             Verdict::Pass,
             format!(
                 "{} notifications, all 5yz with Id 0 per the ABNF",
-                notes.len()
+                seen.notes
             ),
         )
     } else {
         (
             Verdict::Fail,
-            format!("bad notifications: {}", bad.join(", ")),
+            format!(
+                "bad notifications: {}",
+                listing(&seen.bad_notes_shown, seen.bad_notes)
+            ),
         )
     };
     rep.add("6.1.7", "notifications are well-formed with Id 0", v, d);

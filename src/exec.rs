@@ -16,7 +16,7 @@
 //! wrote any, else the last `result`/`event` it reported. Its error text is the last line it
 //! wrote to stderr. See [`exit_code_for`] for how it ends up with an ExitCode.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::{CommandExt as _, ExitStatusExt};
@@ -27,6 +27,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::JoinSet;
 
 use crate::framing::{DEFAULT_MAX_LINE, Frame, LineReader};
 use crate::proto::{
@@ -91,10 +93,35 @@ fn exit_code_for_exec_error(e: &io::Error) -> ExitCode {
     }
 }
 
-type Out = mpsc::UnboundedSender<Vec<u8>>;
+/// Messages waiting for stdout, at most. A message is one SMX line of at most about 128 KiB
+/// (a 64 KiB report line, or a 65535-octet stdout result, in hex), so a full queue holds a
+/// few MB. A full queue makes its senders wait: that is the backpressure that reaches a
+/// flooding script, whose run then stops reading fd 3, so the script blocks on its pipe.
+const OUT_QUEUE: usize = 32;
 
-fn send(out: &Out, r: Reply) {
-    let _ = out.send(r.to_bytes());
+/// The writer joins queued messages into one write of at most about this many octets.
+const COALESCE: usize = 256 * 1024;
+
+/// Controls (suspend, resume, abort) waiting for one run, at most. A command that finds the
+/// queue full is answered with 434 (RFC 3179 6.1 lets any command fail with a 4yz), so a
+/// peer that floods controls cannot make us queue them.
+const CTL_QUEUE: usize = 8;
+
+/// Abort Ids one run keeps to answer with 232 when it has ended; further aborts get 434.
+const MAX_ABORT_IDS: usize = 16;
+
+/// Messages one run queues for itself (its outbox) before it stops taking controls. Fd 3 is
+/// read only when the outbox is empty, so it holds at most one report plus the replies of a
+/// few controls.
+const RUN_OUTBOX: usize = 8;
+
+/// The output queue; the writer task owns its receiver.
+type Out = mpsc::Sender<Vec<u8>>;
+
+/// Queues one message for stdout, waiting while the queue is full. If the queue is closed
+/// (the writer failed: the host is gone) the message is dropped, as there is no one to tell.
+async fn send(out: &Out, r: Reply) {
+    let _ = out.send(r.to_bytes()).await;
 }
 
 enum Ctl {
@@ -105,17 +132,21 @@ enum Ctl {
 
 struct RunSlot {
     state: Arc<Mutex<RunState>>,
-    ctl: mpsc::UnboundedSender<Ctl>,
+    ctl: mpsc::Sender<Ctl>,
+    /// The run's task in the [`JoinSet`], to find the slot if the task fails.
+    task: tokio::task::Id,
 }
 
 /// Serves SMX on stdin/stdout until stdin closes, then aborts every run and returns.
 pub async fn serve(opts: Options) -> io::Result<()> {
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
     let writer = tokio::spawn(async move {
         let mut stdout = stdio_out();
         while let Some(mut buf) = out_rx.recv().await {
-            // Coalesce what is queued into one write.
-            while let Ok(more) = out_rx.try_recv() {
+            // Coalesce what is queued into one write, up to a bound: senders refill the
+            // queue as it drains, and the buffer must not become the unbounded queue.
+            while buf.len() < COALESCE {
+                let Ok(more) = out_rx.try_recv() else { break };
                 buf.extend_from_slice(&more);
             }
             if stdout.write_all(&buf).await.is_err() || stdout.flush().await.is_err() {
@@ -123,8 +154,9 @@ pub async fn serve(opts: Options) -> io::Result<()> {
             }
         }
     });
-    let runs: Arc<Mutex<HashMap<RunId, RunSlot>>> = Arc::default();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<RunId>();
+    let mut runs: HashMap<RunId, RunSlot> = HashMap::new();
+    // One task per run, each yielding its RunId when it ends; at most one per slot in `runs`.
+    let mut tasks: JoinSet<RunId> = JoinSet::new();
     let mut input = LineReader::new(stdio_in(), DEFAULT_MAX_LINE);
     loop {
         tokio::select! {
@@ -132,37 +164,35 @@ pub async fn serve(opts: Options) -> io::Result<()> {
                 let line = match frame {
                     Ok(Some(Frame::Line(l))) => l,
                     Ok(Some(Frame::Overlong)) => {
-                        send(&out_tx, Reply::Message { text: Quoted::lossy(b"over-long line discarded") });
+                        send(&out_tx, Reply::Message { text: Quoted::lossy(b"over-long line discarded") }).await;
                         continue;
                     }
                     Ok(None) | Err(_) => break,
                 };
-                handle(&line, &opts, &runs, &out_tx, &done_tx);
+                // Waits while the output queue is full: a host that does not read our
+                // replies stops being read.
+                handle(&line, &opts, &mut runs, &mut tasks, &out_tx).await;
             }
-            Some(run) = done_rx.recv() => {
-                runs.lock().expect("runs lock").remove(&run);
-            }
+            Some(done) = tasks.join_next_with_id() => match done {
+                Ok((_, run)) => {
+                    runs.remove(&run);
+                }
+                Err(e) => {
+                    tracing::error!("run task failed: {e}");
+                    runs.retain(|_, s| s.task != e.id());
+                }
+            },
         }
     }
     // Stdin closed: the host asks us to terminate every run and exit (RFC 3179 5.2).
-    let slots: Vec<(RunId, mpsc::UnboundedSender<Ctl>)> = runs
-        .lock()
-        .expect("runs lock")
-        .iter()
-        .map(|(r, s)| (*r, s.ctl.clone()))
-        .collect();
-    let pending = slots.len();
-    for (_, ctl) in slots {
-        let _ = ctl.send(Ctl::Abort(Id(0)));
-    }
-    let mut ended = 0;
     let deadline = tokio::time::Instant::now() + opts.grace + Duration::from_secs(5);
-    while ended < pending {
-        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-            Ok(Some(_)) => ended += 1,
-            _ => break,
-        }
+    for slot in runs.values() {
+        // Waits for room: a live run keeps taking controls; an ended one fails at once.
+        let _ = tokio::time::timeout_at(deadline, slot.ctl.send(Ctl::Abort(Id(0)))).await;
     }
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {}
+    // Runs still going after the deadline are dropped (their scripts killed on drop).
+    drop(tasks);
     drop(out_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     Ok(())
@@ -187,38 +217,35 @@ fn stdio_out() -> Box<dyn tokio::io::AsyncWrite + Send + Unpin> {
     }
 }
 
-fn handle(
+async fn handle(
     line: &[u8],
     opts: &Options,
-    runs: &Arc<Mutex<HashMap<RunId, RunSlot>>>,
+    runs: &mut HashMap<RunId, RunSlot>,
+    tasks: &mut JoinSet<RunId>,
     out: &Out,
-    done: &mpsc::UnboundedSender<RunId>,
 ) {
     let cmd = match Command::decode(line) {
         Ok(c) => c,
         Err(e) => {
-            match e.reply() {
-                Some(r) => send(out, r),
-                None => send(
-                    out,
-                    Reply::Message {
-                        text: Quoted::lossy(format!("discarded: {e}").as_bytes()),
-                    },
-                ),
-            }
-            return;
+            let r = e.reply().unwrap_or_else(|| Reply::Message {
+                text: Quoted::lossy(format!("discarded: {e}").as_bytes()),
+            });
+            return send(out, r).await;
         }
     };
-    let negative = |id, code| send(out, Reply::Negative { id, code });
+    let negative = |id, code| Reply::Negative { id, code };
     match cmd {
-        Command::Hello { id } => send(
-            out,
-            Reply::Hello {
-                id,
-                version: Version::V1_1,
-                auth: None,
-            },
-        ),
+        Command::Hello { id } => {
+            send(
+                out,
+                Reply::Hello {
+                    id,
+                    version: Version::V1_1,
+                    auth: None,
+                },
+            )
+            .await
+        }
         Command::Start {
             id,
             run,
@@ -226,44 +253,46 @@ fn handle(
             profile,
             argument,
         } => {
-            let mut table = runs.lock().expect("runs lock");
             // RFC 3179 6.1.2 items 2-4, in this order.
-            if table.contains_key(&run) {
-                return negative(id, Negative::IllegalRunId);
+            if runs.contains_key(&run) {
+                return send(out, negative(id, Negative::IllegalRunId)).await;
             }
             let path = Path::new(
                 <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(script.as_bytes()),
             );
             if !readable_file(path) {
-                return negative(id, Negative::IllegalScript);
+                return send(out, negative(id, Negative::IllegalScript)).await;
             }
             if !opts.profiles.contains(&profile) {
-                return negative(id, Negative::IllegalProfile);
+                return send(out, negative(id, Negative::IllegalProfile)).await;
             }
-            let state = Arc::new(Mutex::new(RunState::Executing));
-            let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
             match spawn_script(path, run, &profile, &argument) {
                 Ok(spawned) => {
+                    // Queued before the run's task exists, so it precedes all the run says.
                     send(
                         out,
                         Reply::Status {
                             id,
                             state: RunState::Executing,
                         },
-                    );
-                    table.insert(
+                    )
+                    .await;
+                    let state = Arc::new(Mutex::new(RunState::Executing));
+                    let (ctl_tx, ctl_rx) = mpsc::channel(CTL_QUEUE);
+                    let job =
+                        supervise(run, spawned, state.clone(), ctl_rx, out.clone(), opts.grace);
+                    let task = tasks.spawn(async move {
+                        job.await;
+                        run
+                    });
+                    runs.insert(
                         run,
                         RunSlot {
-                            state: state.clone(),
+                            state,
                             ctl: ctl_tx,
+                            task: task.id(),
                         },
                     );
-                    let task = supervise(run, spawned, state, ctl_rx, out.clone(), opts.grace);
-                    let done = done.clone();
-                    tokio::spawn(async move {
-                        task.await;
-                        let _ = done.send(run);
-                    });
                 }
                 Err(e) => {
                     // An error before the script runs: no 231, a 536 and the 538 (6.1.2).
@@ -276,44 +305,46 @@ fn handle(
                             state: RunState::Terminated,
                             error: msg.into(),
                         },
-                    );
+                    )
+                    .await;
                     send(
                         out,
                         Reply::StateChange {
                             run,
                             state: RunState::Terminated,
                         },
-                    );
-                    send(out, Reply::Terminated { run, exit: code });
+                    )
+                    .await;
+                    send(out, Reply::Terminated { run, exit: code }).await;
                 }
             }
         }
         Command::Suspend { id, run } | Command::Resume { id, run } | Command::Abort { id, run } => {
-            let table = runs.lock().expect("runs lock");
-            let Some(slot) = table.get(&run) else {
-                return negative(id, Negative::IllegalRunId);
-            };
             let ctl = match cmd {
                 Command::Suspend { .. } => Ctl::Suspend(id),
                 Command::Resume { .. } => Ctl::Resume(id),
                 _ => Ctl::Abort(id),
             };
-            if slot.ctl.send(ctl).is_err() {
-                negative(id, Negative::IllegalRunId);
-            }
+            let refused = match runs.get(&run).map(|slot| slot.ctl.try_send(ctl)) {
+                Some(Ok(())) => return,
+                Some(Err(TrySendError::Full(_))) => {
+                    tracing::warn!(%run, "controls queue full, answering 434");
+                    Negative::CannotChange
+                }
+                // Gone, or ended and no longer taking controls.
+                None | Some(Err(TrySendError::Closed(_))) => Negative::IllegalRunId,
+            };
+            send(out, negative(id, refused)).await;
         }
         Command::Status { id, run } => {
-            let table = runs.lock().expect("runs lock");
-            match table.get(&run) {
-                Some(slot) => send(
-                    out,
-                    Reply::Status {
-                        id,
-                        state: *slot.state.lock().expect("state lock"),
-                    },
-                ),
+            let reply = match runs.get(&run) {
+                Some(slot) => Reply::Status {
+                    id,
+                    state: *slot.state.lock().expect("state lock"),
+                },
                 None => negative(id, Negative::IllegalRunId),
-            }
+            };
+            send(out, reply).await;
         }
     }
 }
@@ -418,11 +449,16 @@ fn set_state(state: &Mutex<RunState>, s: RunState) {
 }
 
 /// Owns one script process until it ends.
+///
+/// Everything the run says goes through its outbox and leaves it only when the output queue
+/// has room, so the loop never waits in a send: an abort is acted on (SIGTERM, `aborting`)
+/// at once even while the script floods fd 3, and fd 3 is read only when the outbox is empty,
+/// which makes a full output queue stop the script at its pipe.
 async fn supervise(
     run: RunId,
     mut sp: Spawned,
     state: Arc<Mutex<RunState>>,
-    mut ctl: mpsc::UnboundedReceiver<Ctl>,
+    mut ctl: mpsc::Receiver<Ctl>,
     out: Out,
     grace: Duration,
 ) {
@@ -438,6 +474,9 @@ async fn supervise(
     ));
     let mut reports = LineReader::new(sp.reports, 64 * 1024 + 16);
     let mut reports_open = true;
+    let mut ctl_open = true;
+    let mut outbox: VecDeque<Vec<u8>> = VecDeque::new();
+    let push = |outbox: &mut VecDeque<Vec<u8>>, r: Reply| outbox.push_back(r.to_bytes());
     let mut abort_ids: Vec<Id> = Vec::new();
     let mut kill_at: Option<tokio::time::Instant> = None;
     let killpg = |sig| {
@@ -446,76 +485,103 @@ async fn supervise(
     let status = loop {
         let current = *state.lock().expect("state lock");
         tokio::select! {
+            // In this order: the end, the kill timer and controls are never starved by a
+            // flood of reports.
+            biased;
             st = sp.child.wait() => break st,
-            frame = reports.next(), if reports_open => match frame {
-                Ok(Some(Frame::Line(l))) => report(run, current, &l, &out),
-                Ok(Some(Frame::Overlong)) => send(&out, Reply::Message { text: Quoted::lossy(format!("run {run}: over-long report line discarded").as_bytes()) }),
-                _ => reports_open = false,
-            },
             _ = async { tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)).await }, if kill_at.is_some() => {
                 killpg(nix::sys::signal::Signal::SIGKILL);
                 kill_at = None;
             }
-            c = ctl.recv() => match c {
-                None => {}
+            c = ctl.recv(), if ctl_open && outbox.len() < RUN_OUTBOX => match c {
+                None => ctl_open = false,
                 Some(Ctl::Abort(id)) => {
-                    if id.0 != 0 { abort_ids.push(id); }
+                    if id.0 != 0 {
+                        if abort_ids.len() < MAX_ABORT_IDS {
+                            abort_ids.push(id);
+                        } else {
+                            push(&mut outbox, Reply::Negative { id, code: Negative::CannotChange });
+                        }
+                    }
                     if current != RunState::Aborting {
                         set_state(&state, RunState::Aborting);
-                        send(&out, Reply::StateChange { run, state: RunState::Aborting });
                         killpg(nix::sys::signal::Signal::SIGTERM);
                         // A stopped process only acts on SIGTERM once continued.
                         killpg(nix::sys::signal::Signal::SIGCONT);
                         kill_at = Some(tokio::time::Instant::now() + grace);
+                        push(&mut outbox, Reply::StateChange { run, state: RunState::Aborting });
                     }
                 }
                 Some(Ctl::Suspend(id)) => match current {
-                    RunState::Suspended => send(&out, Reply::Status { id, state: current }),
+                    RunState::Suspended => push(&mut outbox, Reply::Status { id, state: current }),
                     RunState::Executing => {
                         killpg(nix::sys::signal::Signal::SIGSTOP);
                         if wait_stopped(pid, true).await {
                             set_state(&state, RunState::Suspended);
-                            send(&out, Reply::StateChange { run, state: RunState::Suspended });
-                            send(&out, Reply::Status { id, state: RunState::Suspended });
+                            push(&mut outbox, Reply::StateChange { run, state: RunState::Suspended });
+                            push(&mut outbox, Reply::Status { id, state: RunState::Suspended });
                         } else {
                             killpg(nix::sys::signal::Signal::SIGCONT);
-                            send(&out, Reply::Negative { id, code: Negative::CannotChange });
+                            push(&mut outbox, Reply::Negative { id, code: Negative::CannotChange });
                         }
                     }
-                    _ => send(&out, Reply::Negative { id, code: Negative::CannotChange }),
+                    _ => push(&mut outbox, Reply::Negative { id, code: Negative::CannotChange }),
                 },
                 Some(Ctl::Resume(id)) => match current {
-                    RunState::Executing => send(&out, Reply::Status { id, state: current }),
+                    RunState::Executing => push(&mut outbox, Reply::Status { id, state: current }),
                     RunState::Suspended => {
                         killpg(nix::sys::signal::Signal::SIGCONT);
                         if wait_stopped(pid, false).await {
                             set_state(&state, RunState::Executing);
-                            send(&out, Reply::StateChange { run, state: RunState::Executing });
-                            send(&out, Reply::Status { id, state: RunState::Executing });
+                            push(&mut outbox, Reply::StateChange { run, state: RunState::Executing });
+                            push(&mut outbox, Reply::Status { id, state: RunState::Executing });
                         } else {
-                            send(&out, Reply::Negative { id, code: Negative::CannotChange });
+                            push(&mut outbox, Reply::Negative { id, code: Negative::CannotChange });
                         }
                     }
-                    _ => send(&out, Reply::Negative { id, code: Negative::CannotChange }),
+                    _ => push(&mut outbox, Reply::Negative { id, code: Negative::CannotChange }),
                 },
+            },
+            permit = out.reserve(), if !outbox.is_empty() => match permit {
+                Ok(p) => p.send(outbox.pop_front().expect("outbox is not empty")),
+                // The writer is gone (so is the host): nothing can be told any more.
+                Err(_) => outbox.clear(),
+            },
+            frame = reports.next(), if reports_open && outbox.is_empty() => match frame {
+                Ok(Some(Frame::Line(l))) => push(&mut outbox, report(run, current, &l)),
+                Ok(Some(Frame::Overlong)) => push(&mut outbox, Reply::Message { text: Quoted::lossy(format!("run {run}: over-long report line discarded").as_bytes()) }),
+                _ => reports_open = false,
             },
         }
     };
     let aborted = *state.lock().expect("state lock") == RunState::Aborting;
     // Whatever the script left in its group goes with it.
     killpg(nix::sys::signal::Signal::SIGKILL);
-    // Pipes may be held open by grandchildren that escaped the group: bound the wait.
+    for m in outbox.drain(..) {
+        let _ = out.send(m).await;
+    }
+    // Pipes may be held open (and written) by grandchildren that escaped the group: bound
+    // the wait. What the script wrote to fd 3 before it ended is reported first.
+    let collect_until = tokio::time::Instant::now() + Duration::from_millis(500);
+    if reports_open {
+        while let Ok(Ok(Some(Frame::Line(l)))) =
+            tokio::time::timeout_at(collect_until, reports.next()).await
+        {
+            let m = report(run, RunState::Executing, &l).to_bytes();
+            if tokio::time::timeout_at(collect_until, out.send(m))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
     let collect = async {
         let o = stdout.await.unwrap_or_default();
         let e = stderr.await.unwrap_or_default();
-        if reports_open {
-            while let Ok(Some(Frame::Line(l))) = reports.next().await {
-                report(run, RunState::Executing, &l, &out);
-            }
-        }
         (o, e)
     };
-    let ((mut result, cut), (err, _)) = tokio::time::timeout(Duration::from_millis(500), collect)
+    let ((mut result, cut), (err, _)) = tokio::time::timeout_at(collect_until, collect)
         .await
         .unwrap_or_default();
     let tail = last_line(&err);
@@ -529,21 +595,24 @@ async fn supervise(
                     state: RunState::Terminated,
                     error: format!("wait failed: {e}").into(),
                 },
-            );
+            )
+            .await;
             send(
                 &out,
                 Reply::StateChange {
                     run,
                     state: RunState::Terminated,
                 },
-            );
+            )
+            .await;
             send(
                 &out,
                 Reply::Terminated {
                     run,
                     exit: ExitCode::GenericError,
                 },
-            );
+            )
+            .await;
             return;
         }
     };
@@ -564,7 +633,8 @@ async fn supervise(
                             .as_bytes(),
                     ),
                 },
-            );
+            )
+            .await;
         }
         send(
             &out,
@@ -573,7 +643,8 @@ async fn supervise(
                 state: RunState::Executing,
                 result: Octets::new(result),
             },
-        );
+        )
+        .await;
     }
     if code != ExitCode::NoError && code != ExitCode::Halted {
         let why = crate::process::describe_exit(status);
@@ -589,7 +660,8 @@ async fn supervise(
                 state: RunState::Terminated,
                 error: msg.into(),
             },
-        );
+        )
+        .await;
     }
     set_state(&state, RunState::Terminated);
     send(
@@ -598,10 +670,11 @@ async fn supervise(
             run,
             state: RunState::Terminated,
         },
-    );
-    send(&out, Reply::Terminated { run, exit: code });
+    )
+    .await;
+    send(&out, Reply::Terminated { run, exit: code }).await;
     for id in abort_ids {
-        send(&out, Reply::Aborted { id });
+        send(&out, Reply::Aborted { id }).await;
     }
     // Further controls for this run find it gone (431).
     ctl.close();
@@ -609,7 +682,7 @@ async fn supervise(
         let id = match c {
             Ctl::Abort(id) => {
                 if id.0 != 0 {
-                    send(&out, Reply::Aborted { id });
+                    send(&out, Reply::Aborted { id }).await;
                 }
                 continue;
             }
@@ -621,12 +694,13 @@ async fn supervise(
                 id,
                 code: Negative::IllegalRunId,
             },
-        );
+        )
+        .await;
     }
 }
 
-/// Applies one report line from fd 3.
-fn report(run: RunId, state: RunState, line: &[u8], out: &Out) {
+/// The message for one report line from fd 3.
+fn report(run: RunId, state: RunState, line: &[u8]) -> Reply {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let (word, value) = match line.iter().position(|&b| b == b' ') {
@@ -637,15 +711,9 @@ fn report(run: RunId, state: RunState, line: &[u8], out: &Out) {
         Some(w) => match hex::decode(value) {
             Ok(v) => (w, v),
             Err(_) => {
-                send(
-                    out,
-                    Reply::Message {
-                        text: Quoted::lossy(
-                            format!("run {run}: bad hex in report line").as_bytes(),
-                        ),
-                    },
-                );
-                return;
+                return Reply::Message {
+                    text: Quoted::lossy(format!("run {run}: bad hex in report line").as_bytes()),
+                };
             }
         },
         None => (word, value.to_vec()),
@@ -657,7 +725,7 @@ fn report(run: RunId, state: RunState, line: &[u8], out: &Out) {
         RunState::Aborting | RunState::Suspended => state,
         _ => RunState::Executing,
     };
-    let reply = match word {
+    match word {
         b"result" => Reply::Result {
             run,
             state,
@@ -687,8 +755,7 @@ fn report(run: RunId, state: RunState, line: &[u8], out: &Out) {
                 .as_bytes(),
             ),
         },
-    };
-    send(out, reply);
+    }
 }
 
 /// Polls /proc until the process is (or is no longer) stopped; bounded to one second.
