@@ -83,6 +83,54 @@ pub struct RuntimeSpec {
     pub profiles: ProfileList,
     #[serde(default)]
     pub cookie: Option<CookieDelivery>,
+    /// smLangLanguage: the language's registration OID (`0.0` if unknown).
+    #[serde(default)]
+    pub language: Option<crate::mib::types::Oid>,
+    /// smLangVersion (at most 32 octets).
+    #[serde(default)]
+    pub version: MibString<32>,
+    /// smLangVendor: the implementation's vendor OID (`0.0` if unknown).
+    #[serde(default)]
+    pub vendor: Option<crate::mib::types::Oid>,
+    /// smLangRevision (at most 32 octets).
+    #[serde(default)]
+    pub revision: MibString<32>,
+    /// smExtsnTable: language extensions (packages such as Tnm for Tcl) this runtime offers.
+    #[serde(default)]
+    pub language_extensions: Vec<LanguageExtension>,
+}
+
+/// A text that must fit an SnmpAdminString column of at most `N` octets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MibString<const N: usize>(pub String);
+
+impl<'de, const N: usize> Deserialize<'de> for MibString<N> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() > N {
+            return Err(serde::de::Error::custom(format!(
+                "at most {N} octets (an SnmpAdminString column of the Script MIB), not {}",
+                s.len()
+            )));
+        }
+        Ok(MibString(s))
+    }
+}
+
+/// One smExtsnTable row of a runtime.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanguageExtension {
+    /// smExtsnExtension: the extension's OID.
+    pub oid: crate::mib::types::Oid,
+    #[serde(default)]
+    pub version: MibString<32>,
+    #[serde(default)]
+    pub vendor: Option<crate::mib::types::Oid>,
+    #[serde(default)]
+    pub revision: MibString<32>,
+    #[serde(default)]
+    pub description: MibString<255>,
 }
 
 fn default_transport() -> Transport {
@@ -376,6 +424,9 @@ pub struct HostSettings {
     pub max_active_runs: usize,
     /// Most terminated runs kept; beyond it the oldest are removed before their expire time.
     pub max_finished_runs: usize,
+    /// Where the Script MIB's rows are kept across restarts (`smx.db` inside); `None` keeps
+    /// everything in memory.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for HostSettings {
@@ -388,6 +439,7 @@ impl Default for HostSettings {
             shutdown_grace: Duration::from_secs(5),
             max_active_runs: 1024,
             max_finished_runs: 100_000,
+            state_dir: None,
         }
     }
 }
@@ -402,6 +454,7 @@ struct HostSection {
     shutdown_grace: Option<Dur>,
     max_active_runs: Option<usize>,
     max_finished_runs: Option<usize>,
+    state_dir: Option<AbsPath>,
 }
 
 /// Settings of the daemon's control socket.
@@ -663,6 +716,9 @@ impl Config {
         }
         if let Some(v) = h.max_finished_runs {
             d.max_finished_runs = v;
+        }
+        if let Some(v) = h.state_dir {
+            d.state_dir = Some(v.0);
         }
         if file.control != ControlSettings::default() {
             self.control = file.control;

@@ -331,6 +331,11 @@ pub async fn run(opts: &Options, print: bool) -> Vec<Outcome> {
             extensions: Vec::new(),
             profiles: crate::config::ProfileList(vec![opts.profile.clone()]),
             cookie: None,
+            language: None,
+            version: Default::default(),
+            vendor: None,
+            revision: Default::default(),
+            language_extensions: Vec::new(),
         },
         config_dir: None,
     };

@@ -17,6 +17,7 @@ pub mod control;
 pub mod exec;
 pub mod framing;
 pub mod host;
+pub mod mib;
 pub mod process;
 pub mod proto;
 pub mod security;

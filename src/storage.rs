@@ -140,6 +140,21 @@ impl Storage {
         Ok(format!("{}/{}", component(owner), file))
     }
 
+    /// Removes a stored script (a destroyed smScriptTable row); a missing one is fine.
+    pub fn remove(&self, rel: &str) -> Result<(), StorageError> {
+        let path = self.resolve(rel)?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads a stored script.
+    pub fn read(&self, rel: &str) -> Result<Vec<u8>, StorageError> {
+        let path = self.resolve(rel)?;
+        std::fs::read(&path).map_err(io_err(&path))
+    }
+
     /// Installs the file at `src` (any readable path) for `owner`, keeping its name and
     /// whether it is executable.
     pub fn install_file(&self, owner: &str, src: &Path) -> Result<String, StorageError> {

@@ -195,6 +195,21 @@ pub enum ErrorCode {
     IdleTimeout,
     /// The config file could not be reloaded.
     ConfigError,
+    /// Script MIB sets (RFC 3416 error statuses): the value is outside the column's range.
+    WrongValue,
+    /// A string is longer or shorter than the column allows.
+    WrongLength,
+    /// Valid, but not now: RowStatus rules, the smLaunchStart checks 1-6, a launch whose
+    /// smLaunchMaxRunning is reached, an smRunIndex in use.
+    InconsistentValue,
+    /// The row does not exist and the request cannot create it.
+    NoCreation,
+    /// The column is read-only.
+    NotWritable,
+    /// The host cannot take it now.
+    ResourceUnavailable,
+    /// No such script, code fragment or launch button.
+    NoSuchRow,
     Internal,
 }
 

@@ -781,6 +781,9 @@ fn launch_error(e: LaunchError) -> ErrorBody {
         LaunchError::ArgumentTooLong(_) => ErrorCode::ArgumentTooLong,
         LaunchError::TooManyRuns(_) => ErrorCode::TooManyRuns,
         LaunchError::ShuttingDown => ErrorCode::ShuttingDown,
+        LaunchError::IndexInUse(_) | LaunchError::NoIndexLeft | LaunchError::MaxRunning(_) => {
+            ErrorCode::InconsistentValue
+        }
     };
     fail(code, e.to_string())
 }

@@ -58,18 +58,18 @@ impl TimeInterval {
 /// A countdown that may be paused, like smRunLifeTime (paused while suspended) and
 /// smRunExpireTime (running only once the run has terminated).
 #[derive(Debug, Clone)]
-pub(super) struct Countdown {
+pub(crate) struct Countdown {
     value: TimeInterval,
     /// `Some` while ticking: the instant `value` was last taken.
     since: Option<Instant>,
 }
 
 impl Countdown {
-    pub(super) fn new(value: TimeInterval) -> Self {
+    pub(crate) fn new(value: TimeInterval) -> Self {
         Countdown { value, since: None }
     }
 
-    pub(super) fn remaining(&self, now: Instant) -> TimeInterval {
+    pub(crate) fn remaining(&self, now: Instant) -> TimeInterval {
         match self.since {
             Some(t) if !self.value.is_infinite() => {
                 let left = self.value.as_duration().saturating_sub(now - t);
@@ -79,25 +79,25 @@ impl Countdown {
         }
     }
 
-    pub(super) fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         match self.since {
             Some(t) if !self.value.is_infinite() => Some(t + self.value.as_duration()),
             _ => None,
         }
     }
 
-    pub(super) fn start(&mut self, now: Instant) {
+    pub(crate) fn start(&mut self, now: Instant) {
         if self.since.is_none() {
             self.since = Some(now);
         }
     }
 
-    pub(super) fn stop(&mut self, now: Instant) {
+    pub(crate) fn stop(&mut self, now: Instant) {
         self.value = self.remaining(now);
         self.since = None;
     }
 
-    pub(super) fn set(&mut self, value: TimeInterval, now: Instant) {
+    pub(crate) fn set(&mut self, value: TimeInterval, now: Instant) {
         self.value = value;
         if self.since.is_some() {
             self.since = Some(now);

@@ -34,6 +34,10 @@ pub struct LaunchRequest {
     pub lifetime: TimeInterval,
     /// smLaunchExpireTime.
     pub expire_time: TimeInterval,
+    /// The smRunIndex smLaunchStart was set to; `None` (or 0 in the MIB) for a fresh one.
+    pub index: Option<u32>,
+    /// smLaunchMaxRunning: refuse the launch when this many of its runs are executing.
+    pub max_running: Option<u32>,
 }
 
 impl LaunchRequest {
@@ -49,6 +53,8 @@ impl LaunchRequest {
             argument: Octets::default(),
             lifetime: TimeInterval::ONE_HOUR,
             expire_time: TimeInterval::ONE_HOUR,
+            index: None,
+            max_running: None,
         }
     }
 }
@@ -88,6 +94,12 @@ pub enum LaunchError {
     TooManyRuns(usize),
     #[error("the host is shutting down")]
     ShuttingDown,
+    #[error("smRunIndex {0} is in use or out of range (1..2147483647)")]
+    IndexInUse(u32),
+    #[error("every smRunIndex of this launch is in use")]
+    NoIndexLeft,
+    #[error("{0} runs of this launch are executing (smLaunchMaxRunning)")]
+    MaxRunning(u32),
 }
 
 /// Everything `start` needs, fixed at launch time.
@@ -207,6 +219,8 @@ pub(crate) fn plan(
         argument: req.argument.clone(),
         lifetime: req.lifetime,
         expire_time: req.expire_time,
+        index: req.index,
+        max_running: req.max_running,
     };
     let plan = StartPlan {
         runtime,

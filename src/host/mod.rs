@@ -61,6 +61,7 @@ pub use launch::{LaunchError, LaunchRequest, admin_prefix, invoking_user};
 pub use spawn::{StartError, expand_command};
 pub use table::{AbortCause, Event, EventKind, RunInfo, admin_string};
 
+pub(crate) use clock::Countdown;
 pub(crate) use conn::BoxWrite;
 pub(crate) use spawn::start as start_runtime;
 
@@ -197,6 +198,62 @@ impl Host {
     /// The whole run table, by RunId.
     pub fn runs(&self) -> Vec<RunInfo> {
         self.inner.table.lock().expect("table lock").snapshots()
+    }
+
+    /// Puts back a run row saved before a restart (see `Table::restore`): a run that was
+    /// executing is terminated with genericError and an smRunError that says why. New runs
+    /// get RunIds above every restored one.
+    pub fn restore(&self, info: RunInfo) -> bool {
+        let id = info.run_id.0;
+        let ok = self.inner.table.lock().expect("table lock").restore(info);
+        if ok {
+            self.inner.next_run.fetch_max(id + 1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// smLaunchRunIndexNext: an smRunIndex unused by the runs of (owner, name), different on
+    /// every call; `None` when none is left.
+    pub fn next_run_index(&self, owner: &str, name: &str) -> Option<u32> {
+        self.inner
+            .table
+            .lock()
+            .expect("table lock")
+            .next_index(owner, name)
+    }
+
+    /// The smRunTable row (owner, name, index).
+    pub fn run_at(&self, owner: &str, name: &str, index: u32) -> Option<RunInfo> {
+        let t = self.inner.table.lock().expect("table lock");
+        t.run_at(owner, name, index).and_then(|id| t.snapshot(id))
+    }
+
+    /// The rows of one launch button (owner, name), by smRunIndex.
+    pub fn runs_of(&self, owner: &str, name: &str) -> Vec<RunInfo> {
+        let t = self.inner.table.lock().expect("table lock");
+        t.runs_of(owner, name)
+            .into_iter()
+            .filter_map(|id| t.snapshot(id))
+            .collect()
+    }
+
+    /// How many runs of (owner, name) have not terminated.
+    pub fn active_of(&self, owner: &str, name: &str) -> u32 {
+        self.inner
+            .table
+            .lock()
+            .expect("table lock")
+            .active_of(owner, name)
+    }
+
+    /// smLaunchMaxCompleted of (owner, name): at most this many of its terminated runs are
+    /// kept, the oldest by smRunEndTime removed first; `None` lifts the limit.
+    pub fn set_max_completed(&self, owner: &str, name: &str, max: Option<u32>) {
+        self.inner
+            .table
+            .lock()
+            .expect("table lock")
+            .set_max_completed(owner, name, max);
     }
 
     /// Waits until the run has terminated and its ExitCode is final; `None` if unknown.
@@ -386,7 +443,12 @@ impl Inner {
             if t.active() >= config.host.max_active_runs {
                 return Err(LaunchError::TooManyRuns(t.active()));
             }
-            t.insert(row).expect("RunIds are never reused");
+            t.insert(row).map_err(|e| match e {
+                table::InsertError::IndexInUse(i) => LaunchError::IndexInUse(i),
+                table::InsertError::NoIndexLeft => LaunchError::NoIndexLeft,
+                table::InsertError::MaxRunning(n) => LaunchError::MaxRunning(n),
+                table::InsertError::RunIdTaken => unreachable!("RunIds are never reused"),
+            })?;
         }
         self.spawn(start::drive(self.clone(), run_id, plan));
         Ok(run_id)

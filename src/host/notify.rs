@@ -98,6 +98,8 @@ mod tests {
             argument: Octets::default(),
             lifetime: TimeInterval::MAX,
             expire_time: TimeInterval::MAX,
+            index: None,
+            max_running: None,
         })
         .unwrap();
         t.open_conn(ConnId(1), Arc::new(tokio::sync::Notify::new()));

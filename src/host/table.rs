@@ -177,8 +177,8 @@ struct Attached {
 /// The run table.
 pub(crate) struct Table {
     runs: HashMap<RunId, Run>,
-    /// smRunIndex counters per (owner, name).
-    indexes: HashMap<(String, String), u32>,
+    /// The runs of each (smLaunchOwner, smLaunchName): their smRunIndex values and limits.
+    launches: HashMap<(String, String), LaunchRuns>,
     /// Terminated runs by end order, to enforce `max_finished`.
     finished: BTreeMap<u64, RunId>,
     finished_seq: u64,
@@ -193,6 +193,51 @@ pub(crate) struct Table {
     max_finished: usize,
 }
 
+/// smRunIndex is Integer32 (1..2147483647).
+pub(crate) const MAX_RUN_INDEX: u32 = 2_147_483_647;
+
+/// Why a row could not be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InsertError {
+    RunIdTaken,
+    /// smLaunchStart check 5: the smRunIndex is in use (or out of range).
+    IndexInUse(u32),
+    /// Every smRunIndex of the launch is in use.
+    NoIndexLeft,
+    /// smLaunchStart check 6: this many runs of the launch are executing.
+    MaxRunning(u32),
+}
+
+/// The runs of one (smLaunchOwner, smLaunchName).
+#[derive(Default)]
+struct LaunchRuns {
+    /// The last smRunIndex handed out.
+    counter: u32,
+    by_index: BTreeMap<u32, RunId>,
+    /// Runs that have not terminated.
+    active: u32,
+    max_completed: Option<u32>,
+}
+
+impl LaunchRuns {
+    /// A fresh unused smRunIndex: counts up, wraps, and skips indexes still in use.
+    fn next_index(&mut self) -> Option<u32> {
+        if self.by_index.len() >= MAX_RUN_INDEX as usize {
+            return None;
+        }
+        loop {
+            self.counter = if self.counter >= MAX_RUN_INDEX {
+                1
+            } else {
+                self.counter + 1
+            };
+            if !self.by_index.contains_key(&self.counter) {
+                return Some(self.counter);
+            }
+        }
+    }
+}
+
 /// The row fields a launch fills in.
 pub(crate) struct NewRun {
     pub run_id: RunId,
@@ -205,13 +250,17 @@ pub(crate) struct NewRun {
     pub argument: Octets,
     pub lifetime: TimeInterval,
     pub expire_time: TimeInterval,
+    /// smRunIndex: the one smLaunchStart was set to, or `None` for a fresh one.
+    pub index: Option<u32>,
+    /// smLaunchMaxRunning, if the launch has one.
+    pub max_running: Option<u32>,
 }
 
 impl Table {
     pub fn new(events: EventBus, max_finished: usize) -> Self {
         Table {
             runs: HashMap::new(),
-            indexes: HashMap::new(),
+            launches: HashMap::new(),
             finished: BTreeMap::new(),
             finished_seq: 0,
             active: 0,
@@ -244,32 +293,28 @@ impl Table {
         });
     }
 
-    /// Creates a row in state `initializing` (smLaunchStart, RFC 3179 6.2.1). `None` if the
-    /// RunId is taken.
-    pub fn insert(&mut self, n: NewRun) -> Option<Done> {
+    /// Creates a row in state `initializing` (smLaunchStart, RFC 3179 6.2.1), with the
+    /// smRunIndex the launch asked for (checked unused, smLaunchStart check 5) or a fresh
+    /// one, if fewer than `max_running` runs of the launch are active (check 6).
+    pub fn insert(&mut self, n: NewRun) -> Result<Done, InsertError> {
         if self.runs.contains_key(&n.run_id) {
-            return None;
+            return Err(InsertError::RunIdTaken);
         }
-        let counter = self
-            .indexes
-            .entry((n.owner.clone(), n.name.clone()))
-            .or_insert(0);
-        // smRunIndex is Integer32 (1..2147483647). Before the counter wraps every index is
-        // fresh; after it, skip indexes of rows that still exist.
-        let mut index = *counter;
-        let runs = &self.runs;
-        let taken = |i: u32| {
-            runs.values()
-                .any(|r| r.info.index == i && r.info.owner == n.owner && r.info.name == n.name)
+        let key = (n.owner.clone(), n.name.clone());
+        let l = self.launches.entry(key).or_default();
+        if let Some(max) = n.max_running
+            && l.active >= max
+        {
+            return Err(InsertError::MaxRunning(max));
+        }
+        let index = match n.index {
+            Some(i) if !(1..=MAX_RUN_INDEX).contains(&i) => return Err(InsertError::IndexInUse(i)),
+            Some(i) if l.by_index.contains_key(&i) => return Err(InsertError::IndexInUse(i)),
+            Some(i) => i,
+            None => l.next_index().ok_or(InsertError::NoIndexLeft)?,
         };
-        loop {
-            let wrapped = index >= 2_147_483_647;
-            index = if wrapped { 1 } else { index + 1 };
-            if index > *counter && !wrapped || !taken(index) {
-                break;
-            }
-        }
-        *counter = index;
+        l.by_index.insert(index, n.run_id);
+        l.active += 1;
         let now = Instant::now();
         let mut lifetime = Countdown::new(n.lifetime);
         lifetime.start(now);
@@ -324,7 +369,120 @@ impl Table {
         );
         self.active += 1;
         self.reschedule(id);
-        Some(done_rx)
+        Ok(done_rx)
+    }
+
+    /// Puts back a row saved before the host restarted. A run that had not terminated ends
+    /// now with genericError: its runtime went away with the old host. The row is settled
+    /// (its termination is final) and its smRunExpireTime starts again from what was left.
+    /// False if the RunId or the smRunIndex is taken.
+    pub fn restore(&mut self, mut info: RunInfo) -> bool {
+        let key = (info.owner.clone(), info.name.clone());
+        let l = self.launches.entry(key).or_default();
+        if self.runs.contains_key(&info.run_id) || l.by_index.contains_key(&info.index) {
+            return false;
+        }
+        let now = Instant::now();
+        if !info.is_terminated() {
+            info.state = RunState::Terminated;
+            info.exit_code = ExitCode::GenericError;
+            info.error = "the host restarted while the script was running".into();
+            info.error_time = Some(SystemTime::now());
+            info.end_time = Some(SystemTime::now());
+        }
+        info.lifetime = TimeInterval::ZERO;
+        info.runtime_pid = None;
+        l.by_index.insert(info.index, info.run_id);
+        l.counter = l.counter.max(info.index);
+        let mut expire = Countdown::new(info.expire_time);
+        expire.start(now);
+        let (done, _) = watch::channel(Some(Arc::new(info.clone())));
+        self.finished_seq += 1;
+        self.finished.insert(self.finished_seq, info.run_id);
+        let id = info.run_id;
+        self.runs.insert(
+            id,
+            Run {
+                info,
+                lifetime: Countdown::new(TimeInterval::ZERO),
+                expire,
+                attached: None,
+                bound: None,
+                ended_at: Some(now),
+                settled: true,
+                finished_key: Some(self.finished_seq),
+                exit_reported: true,
+                aborting: None,
+                suspend_unsupported: false,
+                due: None,
+                done,
+            },
+        );
+        self.reschedule(id);
+        self.enforce_max_finished();
+        true
+    }
+
+    /// smLaunchRunIndexNext: an smRunIndex unused by the runs of (owner, name), different
+    /// on every call; `None` when every index is in use.
+    pub fn next_index(&mut self, owner: &str, name: &str) -> Option<u32> {
+        self.launches
+            .entry((owner.to_owned(), name.to_owned()))
+            .or_default()
+            .next_index()
+    }
+
+    /// The run with smRunIndex `index` of (owner, name).
+    pub fn run_at(&self, owner: &str, name: &str, index: u32) -> Option<RunId> {
+        self.launches
+            .get(&(owner.to_owned(), name.to_owned()))
+            .and_then(|l| l.by_index.get(&index).copied())
+    }
+
+    /// The runs of (owner, name), by smRunIndex.
+    pub fn runs_of(&self, owner: &str, name: &str) -> Vec<RunId> {
+        self.launches
+            .get(&(owner.to_owned(), name.to_owned()))
+            .map(|l| l.by_index.values().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many runs of (owner, name) have not terminated.
+    pub fn active_of(&self, owner: &str, name: &str) -> u32 {
+        self.launches
+            .get(&(owner.to_owned(), name.to_owned()))
+            .map_or(0, |l| l.active)
+    }
+
+    /// smLaunchMaxCompleted for (owner, name): at most this many of its terminated runs stay,
+    /// the oldest by smRunEndTime go first. `None`: only `max_finished` applies.
+    pub fn set_max_completed(&mut self, owner: &str, name: &str, max: Option<u32>) {
+        let key = (owner.to_owned(), name.to_owned());
+        self.launches.entry(key).or_default().max_completed = max;
+        self.enforce_max_completed(owner, name);
+    }
+
+    fn enforce_max_completed(&mut self, owner: &str, name: &str) {
+        let Some(l) = self.launches.get(&(owner.to_owned(), name.to_owned())) else {
+            return;
+        };
+        let Some(max) = l.max_completed else { return };
+        let mut done: Vec<(Instant, RunId)> = l
+            .by_index
+            .values()
+            .filter_map(|id| self.runs.get(id))
+            .filter(|r| r.settled)
+            .map(|r| (r.ended_at.unwrap_or_else(Instant::now), r.info.run_id))
+            .collect();
+        if done.len() <= max as usize {
+            return;
+        }
+        done.sort();
+        let excess = done.len() - max as usize;
+        for (_, id) in done.into_iter().take(excess) {
+            tracing::debug!(run = %id, "smLaunchMaxCompleted {max} reached: oldest completed run removed");
+            self.forget(id);
+        }
     }
 
     pub fn contains(&self, id: RunId) -> bool {
@@ -571,6 +729,12 @@ impl Table {
         r.expire.start(now);
         let info = r.info.clone();
         self.active -= 1;
+        if let Some(l) = self
+            .launches
+            .get_mut(&(info.owner.clone(), info.name.clone()))
+        {
+            l.active -= 1;
+        }
         self.finished_seq += 1;
         r.finished_key = Some(self.finished_seq);
         self.finished.insert(self.finished_seq, id);
@@ -672,6 +836,8 @@ impl Table {
         );
         self.detach(id);
         self.reschedule(id);
+        let (owner, name) = (info.owner.clone(), info.name.clone());
+        self.enforce_max_completed(&owner, &name);
         self.enforce_max_finished();
     }
 
@@ -713,6 +879,16 @@ impl Table {
         }
         if !r.info.is_terminated() {
             self.active -= 1;
+        }
+        let key = (r.info.owner.clone(), r.info.name.clone());
+        if let Some(l) = self.launches.get_mut(&key) {
+            l.by_index.remove(&r.info.index);
+            if !r.info.is_terminated() {
+                l.active -= 1;
+            }
+            if l.by_index.is_empty() && l.max_completed.is_none() {
+                self.launches.remove(&key);
+            }
         }
         self.publish(&r.info, EventKind::Removed);
         Some(r.info)
@@ -885,6 +1061,8 @@ mod tests {
             argument: Octets::default(),
             lifetime,
             expire_time: TimeInterval::ONE_HOUR,
+            index: None,
+            max_running: None,
         }
     }
 
@@ -1002,7 +1180,7 @@ mod tests {
         t.insert(other).unwrap();
         assert_eq!(t.snapshot(RunId(2)).unwrap().index, 2);
         assert_eq!(t.snapshot(RunId(3)).unwrap().index, 1);
-        assert!(t.insert(new_run(3, TimeInterval::MAX)).is_none());
+        assert!(t.insert(new_run(3, TimeInterval::MAX)).is_err());
     }
 
     #[test]
