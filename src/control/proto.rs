@@ -14,7 +14,7 @@ use crate::proto::{Octets, RunId};
 /// The protocol name in the greeting.
 pub const PROTOCOL: &str = "smx-control";
 /// The protocol version; a client should refuse a server with a larger major version.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Longest request line the server accepts (a script sent with `install` must fit).
 pub const MAX_REQUEST_LINE: usize = 4 << 20;
 
@@ -89,6 +89,59 @@ pub enum Op {
     Stats,
     /// Re-reads the config file (like SIGHUP). Admins only.
     Reload,
+    /// smExtsnTable: the language extensions of every language.
+    Extensions,
+    /// smScriptTable rows (optionally one owner's).
+    Scripts {
+        #[serde(default)]
+        owner: Option<String>,
+    },
+    /// smCodeTable rows of one script.
+    Code { owner: String, name: String },
+    /// Creates a script row and enables it (from `content` or a `source` URL).
+    ScriptInstall(crate::mib::ScriptSpec),
+    /// Disables and destroys a script row.
+    ScriptRemove { owner: String, name: String },
+    /// smLaunchTable rows (optionally one owner's).
+    Launches {
+        #[serde(default)]
+        owner: Option<String>,
+    },
+    /// Creates a launch button.
+    LaunchAdd(crate::mib::LaunchSpec),
+    /// smLaunchStart, optionally after setting smLaunchArgument.
+    LaunchStart {
+        owner: String,
+        name: String,
+        /// smRunIndex to use (from `run_index_next`); default: a fresh one.
+        #[serde(default)]
+        index: Option<u32>,
+        #[serde(default)]
+        argument: Option<Octets>,
+    },
+    /// Disables and destroys a launch button.
+    LaunchRemove { owner: String, name: String },
+    /// smLaunchRunIndexNext.
+    RunIndexNext { owner: String, name: String },
+    /// Sets columns of the Script MIB tables as one SNMP set request would.
+    MibSet { changes: Vec<ColumnSet> },
+}
+
+/// One column of a `mib_set` request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSet {
+    /// `script`, `code`, `launch` or `run`.
+    pub table: String,
+    pub owner: String,
+    pub name: String,
+    /// smCodeIndex or smRunIndex (code and run tables).
+    #[serde(default)]
+    pub index: Option<u32>,
+    /// The MIB column name, such as `smScriptRowStatus` or `smLaunchStart`.
+    pub column: String,
+    /// An integer, a string, or `{"hex": "..."}` for octet strings.
+    pub value: serde_json::Value,
 }
 
 impl Op {
@@ -109,6 +162,17 @@ impl Op {
         "subscribe",
         "stats",
         "reload",
+        "extensions",
+        "scripts",
+        "code",
+        "script_install",
+        "script_remove",
+        "launches",
+        "launch_add",
+        "launch_start",
+        "launch_remove",
+        "run_index_next",
+        "mib_set",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -128,6 +192,17 @@ impl Op {
             Op::Subscribe { .. } => "subscribe",
             Op::Stats => "stats",
             Op::Reload => "reload",
+            Op::Extensions => "extensions",
+            Op::Scripts { .. } => "scripts",
+            Op::Code { .. } => "code",
+            Op::ScriptInstall(_) => "script_install",
+            Op::ScriptRemove { .. } => "script_remove",
+            Op::Launches { .. } => "launches",
+            Op::LaunchAdd(_) => "launch_add",
+            Op::LaunchStart { .. } => "launch_start",
+            Op::LaunchRemove { .. } => "launch_remove",
+            Op::RunIndexNext { .. } => "run_index_next",
+            Op::MibSet { .. } => "mib_set",
         }
     }
 }
@@ -288,3 +363,84 @@ pub struct Launched {
 
 /// `runs` result.
 pub type Runs = Vec<RunInfo>;
+
+impl ColumnSet {
+    /// The model's change, or why this is not one (unknown table or column, a value of the
+    /// wrong type: SNMP's wrongType).
+    pub fn to_change(&self) -> Result<crate::mib::Change, String> {
+        use crate::mib::{Change, CodeCol, LaunchCol, RunCol, ScriptCol};
+        let int = || {
+            self.value
+                .as_i64()
+                .ok_or_else(|| format!("{} takes an integer", self.column))
+        };
+        let octets = || -> Result<Vec<u8>, String> {
+            serde_json::from_value::<Octets>(self.value.clone())
+                .map(|o| o.as_bytes().to_vec())
+                .map_err(|_| format!("{} takes a string or {{\"hex\": ...}}", self.column))
+        };
+        let index = || {
+            self.index
+                .ok_or_else(|| format!("{} needs an index", self.column))
+        };
+        let (owner, name) = (self.owner.clone(), self.name.clone());
+        let unknown = || format!("no column {} in the {} table", self.column, self.table);
+        Ok(match self.table.as_str() {
+            "script" => Change::Script {
+                owner,
+                name,
+                col: match self.column.as_str() {
+                    "smScriptDescr" => ScriptCol::Descr(octets()?),
+                    "smScriptLanguage" => ScriptCol::Language(int()?),
+                    "smScriptSource" => ScriptCol::Source(octets()?),
+                    "smScriptAdminStatus" => ScriptCol::AdminStatus(int()?),
+                    "smScriptStorageType" => ScriptCol::StorageType(int()?),
+                    "smScriptRowStatus" => ScriptCol::RowStatus(int()?),
+                    _ => return Err(unknown()),
+                },
+            },
+            "code" => Change::Code {
+                owner,
+                name,
+                index: index()?,
+                col: match self.column.as_str() {
+                    "smCodeText" => CodeCol::Text(octets()?),
+                    "smCodeRowStatus" => CodeCol::RowStatus(int()?),
+                    _ => return Err(unknown()),
+                },
+            },
+            "launch" => Change::Launch {
+                owner,
+                name,
+                col: match self.column.as_str() {
+                    "smLaunchScriptOwner" => LaunchCol::ScriptOwner(octets()?),
+                    "smLaunchScriptName" => LaunchCol::ScriptName(octets()?),
+                    "smLaunchArgument" => LaunchCol::Argument(octets()?),
+                    "smLaunchMaxRunning" => LaunchCol::MaxRunning(int()?),
+                    "smLaunchMaxCompleted" => LaunchCol::MaxCompleted(int()?),
+                    "smLaunchLifeTime" => LaunchCol::LifeTime(int()?),
+                    "smLaunchExpireTime" => LaunchCol::ExpireTime(int()?),
+                    "smLaunchStart" => LaunchCol::Start(int()?),
+                    "smLaunchControl" => LaunchCol::Control(int()?),
+                    "smLaunchAdminStatus" => LaunchCol::AdminStatus(int()?),
+                    "smLaunchStorageType" => LaunchCol::StorageType(int()?),
+                    "smLaunchRowStatus" => LaunchCol::RowStatus(int()?),
+                    "smLaunchRowExpireTime" => LaunchCol::RowExpireTime(int()?),
+                    _ => return Err(unknown()),
+                },
+            },
+            "run" => Change::Run {
+                owner,
+                name,
+                index: index()?,
+                col: match self.column.as_str() {
+                    "smRunLifeTime" => RunCol::LifeTime(int()?),
+                    "smRunExpireTime" => RunCol::ExpireTime(int()?),
+                    "smRunControl" => RunCol::Control(int()?),
+                    _ => return Err(unknown()),
+                },
+            },
+            t => return Err(format!("no table {t:?} (script, code, launch or run)")),
+        })
+    }
+}

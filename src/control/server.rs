@@ -58,6 +58,8 @@ pub enum DaemonError {
     UnknownGroup { key: &'static str, group: String },
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] crate::mib::store::StoreError),
 }
 
 /// Where the daemon listens when neither `--socket` nor `[control] socket` says.
@@ -91,6 +93,8 @@ pub fn socket_path(flag: Option<&Path>, config: &Config) -> PathBuf {
 
 struct Shared {
     host: Host,
+    /// The Script MIB over `host`: scripts, launch buttons, languages.
+    mib: crate::mib::Mib,
     config_path: Option<PathBuf>,
     admin_gid: Mutex<Option<u32>>,
     /// Open control connections, in total and per uid (the `clients` of `stats`).
@@ -154,8 +158,15 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    let store = match &config.host.state_dir {
+        Some(dir) => Some(crate::mib::store::Store::open(dir)?),
+        None => None,
+    };
+    let host = Host::new(config, storage);
+    let mib = crate::mib::Mib::new(host.clone(), store)?;
     let shared = Arc::new(Shared {
-        host: Host::new(config, storage),
+        host,
+        mib,
         config_path,
         admin_gid: Mutex::new(admin_gid),
         admission: Arc::new(Admission::default()),
@@ -189,6 +200,8 @@ pub async fn run(
     let _ = std::fs::remove_file(&socket);
     // Runs end first (subscribers see them terminate), then clients are told and dropped.
     shared.host.shutdown().await;
+    // After the host: the runs' terminations are saved before the store closes.
+    shared.mib.shutdown().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     shared.shutdown.cancel();
     shared.connections.close();
@@ -788,6 +801,44 @@ fn launch_error(e: LaunchError) -> ErrorBody {
     fail(code, e.to_string())
 }
 
+/// Who sets, for the Script MIB: root and the admin group may touch every owner's rows.
+fn principal(peer: &Peer) -> crate::mib::Principal {
+    if peer.admin {
+        crate::mib::Principal::Admin
+    } else {
+        crate::mib::Principal::User(peer.user.clone())
+    }
+}
+
+fn mib_error(e: crate::mib::MibError) -> ErrorBody {
+    use crate::mib::{MibError, SetError};
+    let code = match &e {
+        MibError::Set { error, .. } => match error {
+            SetError::WrongValue(_) => ErrorCode::WrongValue,
+            SetError::WrongLength(_) => ErrorCode::WrongLength,
+            SetError::InconsistentValue(_) => ErrorCode::InconsistentValue,
+            SetError::NoCreation(_) => ErrorCode::NoCreation,
+            SetError::NotWritable(_) => ErrorCode::NotWritable,
+            SetError::ResourceUnavailable(_) => ErrorCode::ResourceUnavailable,
+        },
+        MibError::NoSuchRow(_) => ErrorCode::NoSuchRow,
+        MibError::BadRequest(_) => ErrorCode::BadRequest,
+    };
+    fail(code, e.to_string())
+}
+
+trait WithIndex {
+    fn with_index(self, i: usize) -> Self;
+}
+
+impl WithIndex for ErrorBody {
+    /// Names the failing change of a `mib_set` (SNMP's error-index, from 0).
+    fn with_index(mut self, i: usize) -> Self {
+        self.message = format!("change {i}: {}", self.message);
+        self
+    }
+}
+
 /// The row of a run the peer may act on.
 fn owned_run(shared: &Shared, peer: &Peer, run: RunId, op: &str) -> Result<RunInfo, ErrorBody> {
     let info = shared
@@ -869,8 +920,158 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
             req.lifetime = p.lifetime;
             req.expire_time = p.expire_time;
             let run_id = host.launch(req).map_err(launch_error)?;
-            let index = host.run(run_id).map(|r| r.index).unwrap_or(0);
+            let row = host.run(run_id);
+            if let Some(r) = &row
+                && let Err(e) = shared.mib.adopt(r)
+            {
+                tracing::info!(run = %run_id, "run has no launch button: {e}");
+            }
+            let index = row.map(|r| r.index).unwrap_or(0);
             ok(Launched { run_id, index })
+        }
+        Op::Extensions => ok(shared.mib.languages().1),
+        Op::Scripts { owner } => {
+            if let Some(o) = &owner
+                && !peer.may_act_for(o)
+            {
+                return Err(refuse(peer, name, o));
+            }
+            let rows: Vec<crate::mib::ScriptRow> = shared
+                .mib
+                .scripts()
+                .into_iter()
+                .filter(|r| {
+                    peer.may_act_for(&r.owner) && owner.as_ref().is_none_or(|o| *o == r.owner)
+                })
+                .collect();
+            ok(rows)
+        }
+        Op::Code {
+            owner,
+            name: script,
+        } => {
+            if !peer.may_act_for(&owner) {
+                return Err(refuse(peer, name, &owner));
+            }
+            if shared.mib.script(&owner, &script).is_none() {
+                return Err(fail(
+                    ErrorCode::NoSuchRow,
+                    format!("no script {owner}/{script}"),
+                ));
+            }
+            ok(shared.mib.code(Some((&owner, &script))))
+        }
+        Op::ScriptInstall(spec) => {
+            if !peer.may_act_for(&spec.owner) {
+                return Err(refuse(peer, name, &spec.owner));
+            }
+            let (o, n) = (spec.owner.clone(), spec.name.clone());
+            let row = shared
+                .mib
+                .install_script(&principal(peer), spec)
+                .await
+                .map_err(mib_error)?;
+            tracing::info!(user = %peer.user, owner = o, script = n, oper = %row.oper_status, "script installed");
+            ok(row)
+        }
+        Op::ScriptRemove {
+            owner,
+            name: script,
+        } => {
+            if !peer.may_act_for(&owner) {
+                return Err(refuse(peer, name, &owner));
+            }
+            shared
+                .mib
+                .remove_script(&principal(peer), &owner, &script)
+                .await
+                .map_err(mib_error)?;
+            ok(serde_json::json!({"removed": true}))
+        }
+        Op::Launches { owner } => {
+            if let Some(o) = &owner
+                && !peer.may_act_for(o)
+            {
+                return Err(refuse(peer, name, o));
+            }
+            let rows: Vec<crate::mib::LaunchView> = shared
+                .mib
+                .launches()
+                .into_iter()
+                .filter(|l| {
+                    peer.may_act_for(&l.row.owner)
+                        && owner.as_ref().is_none_or(|o| *o == l.row.owner)
+                })
+                .collect();
+            ok(rows)
+        }
+        Op::LaunchAdd(spec) => {
+            if !peer.may_act_for(&spec.owner) {
+                return Err(refuse(peer, name, &spec.owner));
+            }
+            ok(shared
+                .mib
+                .add_launch(&principal(peer), spec)
+                .await
+                .map_err(mib_error)?)
+        }
+        Op::LaunchStart {
+            owner,
+            name: launch,
+            index,
+            argument,
+        } => {
+            if !peer.may_act_for(&owner) {
+                return Err(refuse(peer, name, &owner));
+            }
+            ok(shared
+                .mib
+                .start_launch(&principal(peer), &owner, &launch, index, argument)
+                .await
+                .map_err(mib_error)?)
+        }
+        Op::LaunchRemove {
+            owner,
+            name: launch,
+        } => {
+            if !peer.may_act_for(&owner) {
+                return Err(refuse(peer, name, &owner));
+            }
+            shared
+                .mib
+                .remove_launch(&principal(peer), &owner, &launch)
+                .await
+                .map_err(mib_error)?;
+            ok(serde_json::json!({"removed": true}))
+        }
+        Op::RunIndexNext {
+            owner,
+            name: launch,
+        } => {
+            if !peer.may_act_for(&owner) {
+                return Err(refuse(peer, name, &owner));
+            }
+            ok(serde_json::json!({"index": shared.mib.run_index_next(&owner, &launch)}))
+        }
+        Op::MibSet { changes } => {
+            let mut list = Vec::with_capacity(changes.len());
+            for (i, c) in changes.iter().enumerate() {
+                if !peer.may_act_for(&c.owner) {
+                    return Err(refuse(peer, name, &c.owner));
+                }
+                list.push(c.to_change().map_err(|e| {
+                    fail(
+                        ErrorCode::BadRequest,
+                        format!("change {i}: {e} (wrongType)"),
+                    )
+                })?);
+            }
+            match shared.mib.set(&principal(peer), &list).await {
+                Ok(out) => ok(out),
+                Err(f) => {
+                    Err(mib_error(crate::mib::MibError::at(&list, f.clone())).with_index(f.0))
+                }
+            }
         }
         Op::Runs { owner } => {
             if let Some(o) = &owner

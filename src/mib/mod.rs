@@ -795,7 +795,7 @@ impl Mib {
     /// when its termination is final, gone when it is removed. A lagged subscription is
     /// repaired by writing every row again.
     async fn save_runs(&self, mut events: crate::host::Subscriber) {
-        use crate::host::{EventKind, RecvError};
+        use crate::host::RecvError;
         let Some(store) = &self.inner.store else {
             return;
         };
@@ -803,18 +803,16 @@ impl Mib {
         loop {
             let ev = tokio::select! {
                 ev = events.recv() => ev,
-                _ = self.inner.stop.cancelled() => return,
+                _ = self.inner.stop.cancelled() => {
+                    // What happened before the stop (the host's shutdown) is still saved.
+                    while let Ok(e) = events.try_recv() {
+                        self.save_run(store, e);
+                    }
+                    return;
+                }
             };
             match ev {
-                Ok(e) => match e.kind {
-                    EventKind::Launched { .. } | EventKind::Terminated { .. } => {
-                        if let Some(r) = host.run(e.run_id) {
-                            store.put(store::Op::PutRun(Box::new(r)));
-                        }
-                    }
-                    EventKind::Removed => store.put(store::Op::DeleteRun(e.run_id.0)),
-                    _ => {}
-                },
+                Ok(e) => self.save_run(store, e),
                 Err(RecvError::Lagged(n)) => {
                     tracing::warn!("run store lagged {n} events: saving every run row again");
                     for r in host.runs() {
@@ -823,6 +821,19 @@ impl Mib {
                 }
                 Err(RecvError::Closed) => return,
             }
+        }
+    }
+
+    fn save_run(&self, store: &store::Store, e: crate::host::Event) {
+        use crate::host::EventKind;
+        match e.kind {
+            EventKind::Launched { .. } | EventKind::Terminated { .. } => {
+                if let Some(r) = self.inner.host.run(e.run_id) {
+                    store.put(store::Op::PutRun(Box::new(r)));
+                }
+            }
+            EventKind::Removed => store.put(store::Op::DeleteRun(e.run_id.0)),
+            _ => {}
         }
     }
 
@@ -915,5 +926,375 @@ pub(crate) mod octets_text {
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let o = <crate::proto::Octets as serde::Deserialize>::deserialize(d)?;
         Ok(o.as_bytes().to_vec())
+    }
+}
+
+/// A launch button as `launch_add` (and `smx launch add`) creates it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, Serialize)]
+pub struct LaunchSpec {
+    pub owner: String,
+    pub name: String,
+    pub script_owner: String,
+    pub script_name: String,
+    #[serde(default)]
+    pub argument: Option<crate::proto::Octets>,
+    #[serde(default)]
+    pub max_running: Option<u32>,
+    #[serde(default)]
+    pub max_completed: Option<u32>,
+    #[serde(default)]
+    pub lifetime: Option<TimeInterval>,
+    #[serde(default)]
+    pub expire_time: Option<TimeInterval>,
+    #[serde(default)]
+    pub storage_type: Option<StorageType>,
+    /// enabled (the default here), disabled or autostart.
+    #[serde(default)]
+    pub admin_status: Option<LaunchAdmin>,
+    #[serde(default)]
+    pub row_expire_time: Option<TimeInterval>,
+}
+
+/// A script as `script_install` (and `smx script install`) stores it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, Serialize)]
+pub struct ScriptSpec {
+    pub owner: String,
+    pub name: String,
+    /// The code; empty with `source`.
+    #[serde(default)]
+    pub content: crate::proto::Octets,
+    /// smScriptSource: a URL to pull the script from instead of `content`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// A runtime name or an smLangIndex; default: by the name's extension, else `exec`.
+    #[serde(default)]
+    pub language: Option<String>,
+    #[serde(default)]
+    pub descr: Option<String>,
+    #[serde(default)]
+    pub storage_type: Option<StorageType>,
+}
+
+/// A refused convenience operation: the MIB's answer and which column it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MibError {
+    #[error("{column}: {error}")]
+    Set {
+        column: &'static str,
+        error: SetError,
+    },
+    #[error("no such {0}")]
+    NoSuchRow(&'static str),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl MibError {
+    /// The error of change `i` of a request, named by its column.
+    pub fn at(changes: &[Change], (i, error): (usize, SetError)) -> MibError {
+        let column = match changes.get(i) {
+            Some(Change::Script { col, .. }) => col.name(),
+            Some(Change::Code { col, .. }) => match col {
+                CodeCol::Text(_) => "smCodeText",
+                CodeCol::RowStatus(_) => "smCodeRowStatus",
+            },
+            Some(Change::Launch { col, .. }) => col.name(),
+            Some(Change::Run { col, .. }) => match col {
+                RunCol::LifeTime(_) => "smRunLifeTime",
+                RunCol::ExpireTime(_) => "smRunExpireTime",
+                RunCol::Control(_) => "smRunControl",
+            },
+            None => "request",
+        };
+        MibError::Set { column, error }
+    }
+}
+
+impl Mib {
+    /// The smLangIndex for a runtime name or an index given as text.
+    pub fn language_index(&self, language: &str) -> Option<u32> {
+        let s = self.inner.state.lock().expect("mib lock");
+        match language.parse::<u32>() {
+            Ok(i) => s.lang_index.values().any(|v| *v == i).then_some(i),
+            Err(_) => s.lang_index.get(language).copied(),
+        }
+    }
+
+    /// Creates (or replaces a disabled) script and enables it: RFC 3165 7.1 (code) or 7.2
+    /// (URL) in one call. Returns the row once enabled (with code) or retrieving (URL).
+    pub async fn install_script(
+        &self,
+        who: &Principal,
+        spec: ScriptSpec,
+    ) -> Result<ScriptRow, MibError> {
+        let lang = match &spec.language {
+            Some(l) => self.language_index(l).ok_or_else(|| {
+                MibError::BadRequest(format!("unknown language {l:?} (see `smx runtimes`)"))
+            })?,
+            None => {
+                let config = self.inner.host.config();
+                let rt = config
+                    .runtime_for_extension(std::path::Path::new(&spec.name))
+                    .map(|r| r.name.0.clone())
+                    .unwrap_or_else(|| "exec".into());
+                self.language_index(&rt).ok_or_else(|| {
+                    MibError::BadRequest(format!("no language for {:?}", spec.name))
+                })?
+            }
+        };
+        let (o, n) = (spec.owner.as_str(), spec.name.as_str());
+        let s = |col| Change::Script {
+            owner: o.into(),
+            name: n.into(),
+            col,
+        };
+        let mut changes = Vec::new();
+        if let Some(old) = self.script(o, n) {
+            if old.oper_status == ScriptOper::Enabled {
+                changes.push(s(ScriptCol::AdminStatus(ScriptAdmin::Disabled.number())));
+                self.set(who, &changes)
+                    .await
+                    .map_err(|e| MibError::at(&changes, e))?;
+                changes.clear();
+            }
+            changes.push(s(ScriptCol::RowStatus(RowStatus::Destroy.number())));
+            self.set(who, &changes)
+                .await
+                .map_err(|e| MibError::at(&changes, e))?;
+            changes.clear();
+        }
+        changes.push(s(ScriptCol::RowStatus(RowStatus::CreateAndWait.number())));
+        changes.push(s(ScriptCol::Language(lang as i64)));
+        changes.push(s(ScriptCol::Descr(
+            spec.descr.unwrap_or_default().into_bytes(),
+        )));
+        if let Some(st) = spec.storage_type {
+            changes.push(s(ScriptCol::StorageType(st.number())));
+        }
+        match &spec.source {
+            Some(url) => changes.push(s(ScriptCol::Source(url.clone().into_bytes()))),
+            None => {
+                if spec.content.is_empty() {
+                    return Err(MibError::BadRequest("the script is empty".into()));
+                }
+                for (i, frag) in script::fragments(spec.content.as_bytes()).enumerate() {
+                    let c = |col| Change::Code {
+                        owner: o.into(),
+                        name: n.into(),
+                        index: i as u32 + 1,
+                        col,
+                    };
+                    changes.push(c(CodeCol::RowStatus(RowStatus::CreateAndGo.number())));
+                    changes.push(c(CodeCol::Text(frag.to_vec())));
+                }
+            }
+        }
+        self.set(who, &changes)
+            .await
+            .map_err(|e| MibError::at(&changes, e))?;
+        let enable = [
+            s(ScriptCol::RowStatus(RowStatus::Active.number())),
+            s(ScriptCol::AdminStatus(ScriptAdmin::Enabled.number())),
+        ];
+        self.set(who, &enable)
+            .await
+            .map_err(|e| MibError::at(&enable, e))?;
+        self.script(o, n).ok_or(MibError::NoSuchRow("script"))
+    }
+
+    /// Disables and destroys a script row (RFC 3165 7.4).
+    pub async fn remove_script(
+        &self,
+        who: &Principal,
+        owner: &str,
+        name: &str,
+    ) -> Result<(), MibError> {
+        if self.script(owner, name).is_none() {
+            return Err(MibError::NoSuchRow("script"));
+        }
+        let s = |col| Change::Script {
+            owner: owner.into(),
+            name: name.into(),
+            col,
+        };
+        for c in [
+            s(ScriptCol::AdminStatus(ScriptAdmin::Disabled.number())),
+            s(ScriptCol::RowStatus(RowStatus::Destroy.number())),
+        ] {
+            let one = [c];
+            self.set(who, &one)
+                .await
+                .map_err(|e| MibError::at(&one, e))?;
+        }
+        Ok(())
+    }
+
+    /// Creates a launch button in one request (createAndGo with its columns).
+    pub async fn add_launch(
+        &self,
+        who: &Principal,
+        spec: LaunchSpec,
+    ) -> Result<LaunchView, MibError> {
+        let (o, n) = (spec.owner.as_str(), spec.name.as_str());
+        let l = |col| Change::Launch {
+            owner: o.into(),
+            name: n.into(),
+            col,
+        };
+        let mut changes = vec![
+            l(LaunchCol::RowStatus(RowStatus::CreateAndGo.number())),
+            l(LaunchCol::ScriptOwner(
+                spec.script_owner.clone().into_bytes(),
+            )),
+            l(LaunchCol::ScriptName(spec.script_name.clone().into_bytes())),
+            l(LaunchCol::AdminStatus(
+                spec.admin_status.unwrap_or(LaunchAdmin::Enabled).number(),
+            )),
+        ];
+        if let Some(a) = spec.argument {
+            changes.push(l(LaunchCol::Argument(a.as_bytes().to_vec())));
+        }
+        if let Some(v) = spec.max_running {
+            changes.push(l(LaunchCol::MaxRunning(v.into())));
+        }
+        if let Some(v) = spec.max_completed {
+            changes.push(l(LaunchCol::MaxCompleted(v.into())));
+        }
+        if let Some(v) = spec.lifetime {
+            changes.push(l(LaunchCol::LifeTime(v.centis().into())));
+        }
+        if let Some(v) = spec.expire_time {
+            changes.push(l(LaunchCol::ExpireTime(v.centis().into())));
+        }
+        if let Some(v) = spec.storage_type {
+            changes.push(l(LaunchCol::StorageType(v.number())));
+        }
+        if let Some(v) = spec.row_expire_time {
+            changes.push(l(LaunchCol::RowExpireTime(v.centis().into())));
+        }
+        self.set(who, &changes)
+            .await
+            .map_err(|e| MibError::at(&changes, e))?;
+        self.launch(o, n)
+            .ok_or(MibError::NoSuchRow("launch button"))
+    }
+
+    /// smLaunchStart: sets the argument first if one is given, then starts a run at `index`
+    /// (0 or `None`: a fresh one). Returns the new row.
+    pub async fn start_launch(
+        &self,
+        who: &Principal,
+        owner: &str,
+        name: &str,
+        index: Option<u32>,
+        argument: Option<crate::proto::Octets>,
+    ) -> Result<RunInfo, MibError> {
+        if self.launch(owner, name).is_none() {
+            return Err(MibError::NoSuchRow("launch button"));
+        }
+        let l = |col| Change::Launch {
+            owner: owner.into(),
+            name: name.into(),
+            col,
+        };
+        let mut changes = Vec::new();
+        if let Some(a) = argument {
+            changes.push(l(LaunchCol::Argument(a.as_bytes().to_vec())));
+        }
+        changes.push(l(LaunchCol::Start(index.unwrap_or(0).into())));
+        let out = self
+            .set(who, &changes)
+            .await
+            .map_err(|e| MibError::at(&changes, e))?;
+        out.started
+            .into_iter()
+            .next()
+            .ok_or(MibError::NoSuchRow("run"))
+    }
+
+    /// Disables and destroys a launch button.
+    pub async fn remove_launch(
+        &self,
+        who: &Principal,
+        owner: &str,
+        name: &str,
+    ) -> Result<(), MibError> {
+        if self.launch(owner, name).is_none() {
+            return Err(MibError::NoSuchRow("launch button"));
+        }
+        let l = |col| Change::Launch {
+            owner: owner.into(),
+            name: name.into(),
+            col,
+        };
+        for c in [
+            l(LaunchCol::AdminStatus(LaunchAdmin::Disabled.number())),
+            l(LaunchCol::RowStatus(RowStatus::Destroy.number())),
+        ] {
+            let one = [c];
+            self.set(who, &one)
+                .await
+                .map_err(|e| MibError::at(&one, e))?;
+        }
+        Ok(())
+    }
+
+    /// The implicit launch button of the control API's `launch` op and `smx run --daemon`,
+    /// for a run the host started from a file in the storage: a volatile script row for the
+    /// file and a volatile launch button (owner, name) without limits, created or updated,
+    /// so the run has its launch button in smLaunchTable like any other.
+    pub fn adopt(&self, run: &RunInfo) -> Result<(), MibError> {
+        let Some(lang) = self.language_index(&run.runtime) else {
+            return Err(MibError::BadRequest(format!(
+                "unknown runtime {:?}",
+                run.runtime
+            )));
+        };
+        let (owner, name) = (run.owner.as_str(), run.name.as_str());
+        let script_name =
+            types::cut(run.script.rsplit('/').next().unwrap_or(&run.script), 32).to_owned();
+        {
+            let mut s = self.inner.state.lock().expect("mib lock");
+            let key = (owner.to_owned(), name.to_owned());
+            if let Some(l) = s.launches.get(&key)
+                && (l.script_owner != owner || l.script_name != script_name)
+            {
+                return Err(MibError::BadRequest(format!(
+                    "launch button {owner}/{name} runs {}/{}; this run has no button of its own",
+                    l.script_owner, l.script_name
+                )));
+            }
+            let skey = (owner.to_owned(), script_name.clone());
+            let row = s
+                .scripts
+                .entry(skey)
+                .or_insert_with(|| ScriptRow::new(owner, &script_name));
+            if row.storage_type == StorageType::Volatile {
+                row.language = lang;
+                row.language_set = true;
+                row.row_status = RowStatus::Active;
+                row.admin_status = ScriptAdmin::Enabled;
+                row.oper_status = ScriptOper::Enabled;
+                row.stored = Some(run.script.clone());
+            }
+            let l = s
+                .launches
+                .entry(key)
+                .or_insert_with(|| LaunchRow::new(owner, name, Instant::now()));
+            l.script_owner = owner.to_owned();
+            l.script_name = script_name;
+            l.script_owner_set = true;
+            l.row_status = RowStatus::Active;
+            l.admin_status = LaunchAdmin::Enabled;
+            l.max_running = u32::MAX;
+            l.max_completed = u32::MAX;
+            l.argument = run.argument.clone();
+            l.lifetime = run.lifetime;
+            l.expire_time = run.expire_time;
+            l.start = run.index;
+            l.last_oper = LaunchOper::Enabled;
+        }
+        self.inner.host.set_max_completed(owner, name, None);
+        Ok(())
     }
 }
