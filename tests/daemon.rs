@@ -585,7 +585,7 @@ async fn raw_socket_every_op_and_every_error_code() {
     );
     let mut c = d.raw().await;
     assert_eq!(c.greeting["protocol"], "smx-control");
-    assert_eq!(c.greeting["version"], 1);
+    assert_eq!(c.greeting["version"], 2);
     assert!(
         c.greeting["server"].as_str().unwrap().starts_with("smx/"),
         "{}",
