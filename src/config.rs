@@ -427,6 +427,10 @@ pub struct HostSettings {
     /// Where the Script MIB's rows are kept across restarts (`smx.db` inside); `None` keeps
     /// everything in memory.
     pub state_dir: Option<PathBuf>,
+    /// How long pulling a script from its smScriptSource URL may take.
+    pub fetch_timeout: Duration,
+    /// Largest script pulled from a URL.
+    pub fetch_max_octets: u64,
 }
 
 impl Default for HostSettings {
@@ -440,6 +444,8 @@ impl Default for HostSettings {
             max_active_runs: 1024,
             max_finished_runs: 100_000,
             state_dir: None,
+            fetch_timeout: Duration::from_secs(30),
+            fetch_max_octets: crate::storage::MAX_SCRIPT_OCTETS,
         }
     }
 }
@@ -455,6 +461,8 @@ struct HostSection {
     max_active_runs: Option<usize>,
     max_finished_runs: Option<usize>,
     state_dir: Option<AbsPath>,
+    fetch_timeout: Option<Dur>,
+    fetch_max_octets: Option<u64>,
 }
 
 /// Settings of the daemon's control socket.
@@ -706,6 +714,7 @@ impl Config {
             (h.command_timeout, &mut d.command_timeout),
             (h.idle_timeout, &mut d.idle_timeout),
             (h.shutdown_grace, &mut d.shutdown_grace),
+            (h.fetch_timeout, &mut d.fetch_timeout),
         ] {
             if let Some(v) = src {
                 *dst = v.0;
@@ -719,6 +728,9 @@ impl Config {
         }
         if let Some(v) = h.state_dir {
             d.state_dir = Some(v.0);
+        }
+        if let Some(v) = h.fetch_max_octets {
+            d.fetch_max_octets = v;
         }
         if file.control != ControlSettings::default() {
             self.control = file.control;

@@ -576,18 +576,17 @@ impl Mib {
                 )),
             }
         } else {
-            let os = self
-                .inner
-                .host
-                .config()
-                .owner(owner)
-                .map(|(_, os)| os.clone());
+            let config = self.inner.host.config();
+            let os = config.owner(owner).map(|(_, os)| os.clone());
+            let limits = fetch::Limits {
+                max_octets: config.host.fetch_max_octets,
+                timeout: config.host.fetch_timeout,
+            };
             let url = source.clone();
-            let fetched = tokio::task::spawn_blocking(move || {
-                fetch::fetch(&url, os.as_deref(), &fetch::Limits::default())
-            })
-            .await
-            .unwrap_or_else(|e| Err(fetch::FetchError::Other(e.to_string())));
+            let fetched =
+                tokio::task::spawn_blocking(move || fetch::fetch(&url, os.as_deref(), &limits))
+                    .await
+                    .unwrap_or_else(|e| Err(fetch::FetchError::Other(e.to_string())));
             {
                 let mut s = self.inner.state.lock().expect("mib lock");
                 if let Some(r) = s.scripts.get_mut(&key) {
