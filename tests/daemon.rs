@@ -19,7 +19,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{alive, children, group, smx_bin, user};
+use common::{alive, children, group, repo, smx_bin, user};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -2361,4 +2361,48 @@ async fn many_pending_waits_do_not_block_an_abort() {
         }
     }
     assert_eq!((rows, busy), (1024, 6));
+}
+
+/// A runtime that stops reading cannot wedge the daemon (RFC 3179 6.2.3 rule 1 bounds the
+/// whole command). Its `start` with a 65,535-octet Argument (131 KB of hex) is never
+/// taken off the pipe: the run ends genericError within the command timeout (5 s here),
+/// and SIGTERM still ends the daemon within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn a_runtime_that_stops_reading_cannot_wedge_the_daemon() {
+    need_root!(RUNS_NEED_ROOT);
+    let me = me();
+    let fake = format!(
+        "[[runtime]]\nname = \"deaf\"\ncommand = [\"python3\", {:?}, \"--hello\", \"ok-then-deaf\"]\n\
+         extensions = [\"deaf\"]\nprofiles = [\"trusted\"]\n",
+        repo()
+            .join("tests/fixtures/fake_runtime.py")
+            .display()
+            .to_string()
+    );
+    let mut d = Daemon::start("", &fake);
+    let mut c = d.raw().await;
+    let script = c.install(&me, "x.deaf", "ignored").await;
+    let arg = "A5".repeat(65_535);
+    let r = c
+        .ok(json!({"op": "launch", "owner": me, "script": script, "argument": {"hex": arg}}))
+        .await;
+    let run = r["run_id"].as_u64().unwrap();
+    let t0 = Instant::now();
+    let row = c.reach(run, "terminated").await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(9),
+        "ended within the command timeout"
+    );
+    assert_eq!(row["exit_code"], "genericError", "{row}");
+    assert!(
+        row["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not read `start`"),
+        "{row}"
+    );
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    let st = d.wait_exit(10);
+    assert!(st.success(), "{st:?}: {}", d.log());
 }
