@@ -546,3 +546,114 @@ async fn row_expire_time_removes_or_expires_the_button() {
     .await;
     let _ = Duration::ZERO;
 }
+
+/// nonVolatile rows and finished runs come back from the store; volatile ones do not;
+/// a run that was executing ends genericError "the host restarted" (RFC 3165
+/// smScriptStorageType, smLaunchStorageType; issue: no unread result is lost).
+#[tokio::test]
+async fn non_volatile_rows_and_finished_runs_survive_a_new_host() {
+    let state = tempfile::tempdir().unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    let cfg = || {
+        let mut c = config(&format!(
+            "[[os_profile]]\nname = \"self\"\nuser = {me:?}\n\
+             [[owner]]\nname = \"*\"\nos_profile = \"self\"\nruntime_profile = \"trusted\"\n"
+        ));
+        c.host.state_dir = Some(state.path().to_owned());
+        c
+    };
+    let open = |c| {
+        let h = smx::host::Host::new(c, smx::storage::Storage::open(storage.path()).unwrap());
+        let store = smx::mib::store::Store::open(state.path()).unwrap();
+        Mib::new(h, Some(store)).unwrap()
+    };
+    let m = open(cfg());
+    push_script(&m, "ops", "keep.sh", "#!/bin/sh\necho \"kept $1\"\n").await;
+    m.set(&ADMIN, &[sc("ops", "keep.sh", ScriptCol::StorageType(3))])
+        .await
+        .unwrap();
+    push_script(&m, "ops", "lose.sh", "#!/bin/sh\necho lost\n").await;
+    push_script(&m, "ops", "sleep.sh", "#!/bin/sh\nsleep 60\n").await;
+    m.set(&ADMIN, &[sc("ops", "sleep.sh", ScriptCol::StorageType(3))])
+        .await
+        .unwrap();
+    add_launch(
+        &m,
+        "ops",
+        "k",
+        ("ops", "keep.sh"),
+        vec![
+            LaunchCol::StorageType(3),
+            LaunchCol::MaxCompleted(5),
+            LaunchCol::Argument(b"x".to_vec()),
+        ],
+    )
+    .await;
+    add_launch(
+        &m,
+        "ops",
+        "s",
+        ("ops", "sleep.sh"),
+        vec![LaunchCol::StorageType(3)],
+    )
+    .await;
+    add_launch(&m, "ops", "v", ("ops", "lose.sh"), vec![]).await;
+    let r1 = start(&m, "ops", "k", 41).await.unwrap();
+    finish(m.host(), r1.run_id, 10).await;
+    let long = start(&m, "ops", "s", 0).await.unwrap();
+    eventually(10, "executing", || {
+        m.host()
+            .run(long.run_id)
+            .is_some_and(|r| r.state == RunState::Executing)
+    })
+    .await;
+    let langs = m.languages().0;
+    // Everything queued is on disk; the old host is then left as if it died.
+    m.flush().await;
+    let old = m.clone();
+
+    let m2 = open(cfg());
+    assert_eq!(
+        m2.languages().0,
+        langs,
+        "smLangIndex is stable across restarts"
+    );
+    assert!(
+        m2.script("ops", "lose.sh").is_none() && m2.launch("ops", "v").is_none(),
+        "volatile rows are gone"
+    );
+    eventually(5, "the saved script enabled again", || {
+        m2.script("ops", "keep.sh")
+            .is_some_and(|s| s.oper_status == ScriptOper::Enabled)
+    })
+    .await;
+    let k = m2.launch("ops", "k").unwrap();
+    assert_eq!(k.row.max_completed, 5);
+    let kept = m2
+        .host()
+        .run_at("ops", "k", 41)
+        .expect("finished run kept with its index");
+    assert_eq!(kept.result.as_bytes(), b"kept x");
+    let ended = m2
+        .host()
+        .run_at("ops", "s", long.index)
+        .expect("the executing run's row");
+    assert_eq!(
+        (ended.state, ended.exit_code),
+        (RunState::Terminated, ExitCode::GenericError)
+    );
+    assert!(ended.error.contains("restarted"), "{}", ended.error);
+    // New runs get fresh indexes and RunIds.
+    let r2 = start(&m2, "ops", "k", 0).await.unwrap();
+    assert!(r2.index != 41 && r2.run_id > long.run_id);
+    assert_eq!(
+        finish(m2.host(), r2.run_id, 10).await.result.as_bytes(),
+        b"kept x"
+    );
+    m2.host().shutdown().await;
+    old.host().shutdown().await;
+}

@@ -240,3 +240,102 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod http_tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    /// A one-shot HTTP server on 127.0.0.1 answering `response` (None: never answers).
+    fn serve(response: Option<Vec<u8>>) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/script.sh", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = std::io::Read::read(&mut s, &mut buf);
+                match response {
+                    Some(r) => {
+                        let _ = s.write_all(&r);
+                    }
+                    None => std::thread::sleep(Duration::from_secs(5)),
+                }
+            }
+        });
+        url
+    }
+
+    fn reply(status: &str, body: &[u8]) -> Vec<u8> {
+        let mut r = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    }
+
+    #[test]
+    fn http_sources_map_to_oper_status() {
+        let limits = Limits {
+            max_octets: 64,
+            timeout: Duration::from_secs(1),
+        };
+        let ok = serve(Some(reply("200 OK", b"#!/bin/sh\necho hi\n")));
+        assert_eq!(fetch(&ok, None, &limits).unwrap(), b"#!/bin/sh\necho hi\n");
+        let missing = serve(Some(reply("404 Not Found", b"")));
+        assert_eq!(
+            fetch(&missing, None, &limits).unwrap_err().oper_status(),
+            ScriptOper::NoSuchScript
+        );
+        let denied = serve(Some(reply("403 Forbidden", b"")));
+        assert_eq!(
+            fetch(&denied, None, &limits).unwrap_err().oper_status(),
+            ScriptOper::AccessDenied
+        );
+        let big = serve(Some(reply("200 OK", &[b'x'; 100])));
+        assert_eq!(
+            fetch(&big, None, &limits).unwrap_err().oper_status(),
+            ScriptOper::NoResourcesLeft
+        );
+        let silent = serve(None);
+        let t0 = std::time::Instant::now();
+        assert_eq!(
+            fetch(&silent, None, &limits).unwrap_err().oper_status(),
+            ScriptOper::ProtocolFailure
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "the timeout bounds it"
+        );
+        let refused = "http://127.0.0.1:1/x";
+        assert_eq!(
+            fetch(refused, None, &limits).unwrap_err().oper_status(),
+            ScriptOper::ProtocolFailure
+        );
+    }
+
+    #[test]
+    fn file_sources_as_the_invoking_user() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.sh");
+        std::fs::write(&p, b"#!/bin/sh\n").unwrap();
+        let limits = Limits::default();
+        let url = format!("file://{}", p.display());
+        assert_eq!(fetch(&url, None, &limits).unwrap(), b"#!/bin/sh\n");
+        let gone = format!("file://{}/nope", d.path().display());
+        assert_eq!(
+            fetch(&gone, None, &limits).unwrap_err().oper_status(),
+            ScriptOper::NoSuchScript
+        );
+        let small = Limits {
+            max_octets: 3,
+            ..Limits::default()
+        };
+        assert_eq!(
+            fetch(&url, None, &small).unwrap_err().oper_status(),
+            ScriptOper::NoResourcesLeft
+        );
+    }
+}

@@ -351,6 +351,13 @@ impl Mib {
         }
     }
 
+    /// Waits until every row change so far is in the store.
+    pub async fn flush(&self) {
+        if let Some(s) = &self.inner.store {
+            s.flush().await;
+        }
+    }
+
     /// Ends the model's tasks (the host is shut down separately).
     pub async fn shutdown(&self) {
         self.inner.stop.cancel();
