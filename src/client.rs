@@ -74,6 +74,18 @@ impl Client {
             Some(Frame::Line(l)) => l,
             _ => return Err(ClientError::Closed),
         };
+        // A daemon at its connection cap answers with one error line instead.
+        if let Ok(Response {
+            ok: false,
+            error: Some(e),
+            ..
+        }) = serde_json::from_slice::<Response>(&first)
+        {
+            return Err(ClientError::Refused {
+                code: e.code,
+                message: e.message,
+            });
+        }
         let greeting: Greeting = serde_json::from_slice(&first)
             .map_err(|e| ClientError::Protocol(format!("greeting: {e}")))?;
         if greeting.protocol != PROTOCOL || greeting.version > VERSION {

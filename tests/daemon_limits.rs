@@ -561,6 +561,17 @@ async fn the_connection_cap_refuses_with_one_line() {
         open.push(d.raw().await);
     }
     refused(&d, "[control] max_connections)").await;
+    // The CLI says so, not "greeting: missing field".
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smx"))
+        .args(["ps", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("too_many_connections"),
+        "{err}"
+    );
     assert_eq!(open[0].clients().await, 3);
     drop(open.pop());
     tokio::time::sleep(Duration::from_millis(100)).await;
