@@ -365,6 +365,12 @@ pub struct OsProfileSpec {
     /// Environment variables added to the runtime's otherwise clean environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Lets the owners mapped to this profile share runtime processes. By default every
+    /// owner (and runtime profile) gets processes of its own: a script can reach anything
+    /// its runtime process can (its SMX channel included), so sharing means every owner
+    /// of the profile trusts every other one.
+    #[serde(default)]
+    pub share_runtimes: bool,
 }
 
 /// An absolute path.

@@ -824,3 +824,40 @@ async fn eviction_by_max_finished_runs_closes_the_runtime() {
     .await;
     host.shutdown().await;
 }
+
+/// RFC 3179 section 3 / issue "isolation": owners never share a runtime process, even when
+/// mapped to the same OS profile, unless that profile says `share_runtimes`; one owner's
+/// runs do share one (a multi-threaded runtime serves many runs).
+#[tokio::test]
+async fn runtime_processes_are_per_owner_unless_the_profile_shares_them() {
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    for share in [false, true] {
+        let host = host(&format!(
+            "[[os_profile]]\nname = \"self\"\nuser = {me:?}\nshare_runtimes = {share}\n\
+             [[owner]]\nname = \"*\"\nos_profile = \"self\"\nruntime_profile = \"trusted\"\n"
+        ));
+        let s = install(&host, "sleep.sh", "#!/bin/sh\nsleep 30\n", true);
+        let mut pids = Vec::new();
+        for owner in ["alice", "bob", "alice"] {
+            let mut r = request(&s, None);
+            r.owner = Some(owner.into());
+            let run = host.launch(r).unwrap();
+            eventually(10, "executing", || {
+                host.run(run)
+                    .is_some_and(|r| r.state == RunState::Executing)
+            })
+            .await;
+            pids.push(host.run(run).unwrap().runtime_pid.unwrap());
+        }
+        assert_eq!(pids[0], pids[2], "one owner's runs share a process");
+        if share {
+            assert_eq!(pids[0], pids[1], "share_runtimes = true: shared");
+        } else {
+            assert_ne!(pids[0], pids[1], "two owners never share a runtime process");
+        }
+        host.shutdown().await;
+    }
+}

@@ -106,6 +106,8 @@ pub enum LaunchError {
 pub(crate) struct StartPlan {
     pub runtime: Arc<Registered>,
     pub os: Option<Arc<OsProfileSpec>>,
+    /// smLaunchOwner: runtime processes are not shared across owners (see `pool`).
+    pub owner: String,
     pub script: Script,
     pub profile: Profile,
     pub argument: Octets,
@@ -223,6 +225,7 @@ pub(crate) fn plan(
         max_running: req.max_running,
     };
     let plan = StartPlan {
+        owner: row.owner.clone(),
         runtime,
         os,
         script,

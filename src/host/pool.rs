@@ -1,6 +1,6 @@
 //! The runtime pool (RFC 3179 section 6.2.1): which runtime process serves a run. A
-//! multi-threaded runtime is shared by the runs of one (runtime, OS profile) and started on
-//! first use; a single-threaded one is started for each run. Idle processes are closed: a
+//! multi-threaded runtime is shared by the runs of one [`PoolKey`] (runtime, OS profile,
+//! owner, runtime profile) and started on first use; a single-threaded one is started for each run. Idle processes are closed: a
 //! single-threaded one at once, a multi-threaded one after `idle_timeout`, and one whose
 //! definition changed in a reload as soon as it has no runs.
 
@@ -21,10 +21,32 @@ use super::launch::StartPlan;
 use super::spawn;
 use super::table::ConnId;
 
+/// Which runs may share a runtime process: the same runtime, OS profile, owner and runtime
+/// profile (RFC 3179 section 3: an owner's scripts never run in another owner's process),
+/// or, where the OS profile says `share_runtimes`, the same runtime and OS profile.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct PoolKey {
+    runtime: String,
+    os_profile: Option<String>,
+    /// `None` when the OS profile shares runtimes among its owners.
+    owner: Option<(String, String)>,
+}
+
+impl PoolKey {
+    pub fn of(plan: &StartPlan) -> PoolKey {
+        let shared = plan.os.as_ref().is_some_and(|o| o.share_runtimes);
+        PoolKey {
+            runtime: plan.runtime.name.0.clone(),
+            os_profile: plan.os.as_ref().map(|o| o.name.0.clone()),
+            owner: (!shared).then(|| (plan.owner.clone(), plan.profile.to_string())),
+        }
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Pool {
-    /// Multi-threaded runtimes by (runtime, OS profile): 6.2.1 reuses a running one.
-    slots: HashMap<(String, Option<String>), Slot>,
+    /// Multi-threaded runtimes by [`PoolKey`]: 6.2.1 reuses a running one.
+    slots: HashMap<PoolKey, Slot>,
     /// Every live connection.
     pub conns: HashMap<ConnId, ConnEntry>,
 }
@@ -76,10 +98,7 @@ impl Inner {
                 .start_conn(plan.runtime.clone(), plan.os.clone(), run)
                 .await;
         }
-        let key = (
-            plan.runtime.name.0.clone(),
-            plan.os.as_ref().map(|o| o.name.0.clone()),
-        );
+        let key = PoolKey::of(plan);
         loop {
             let mut rx = {
                 let mut pool = self.pool.lock().expect("pool lock");
