@@ -861,3 +861,39 @@ async fn runtime_processes_are_per_owner_unless_the_profile_shares_them() {
         host.shutdown().await;
     }
 }
+
+/// Admission (issue "scale"): a burst of 2,000 launches on a runtime that answers each
+/// `start` only after 2 ms, in turn, ends with every run executing. Written all at once,
+/// the last of them would wait 4 s for its 231 and miss the 1 s command timeout (RFC 3179
+/// 6.2.3 rule 1); the host keeps at most a window of starts in flight and the rest wait in
+/// `initializing`, each timed from when it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_launches_on_a_slow_runtime_fails_none() {
+    let mut c = config(&fake_runtime("fake", &["--start", "slow=0.002"]));
+    c.host.max_active_runs = 4000;
+    let host = smx::host::Host::new(c, smx::storage::Storage::temporary().unwrap());
+    let s = install(&host, "x.fake", "script", false);
+    let runs: Vec<_> = (0..2000)
+        .map(|_| host.launch(request(&s, Some("fake"))).unwrap())
+        .collect();
+    eventually(60, "every run executing", || {
+        runs.iter().all(|r| {
+            host.run(*r)
+                .is_some_and(|r| r.state == RunState::Executing || r.is_terminated())
+        })
+    })
+    .await;
+    let failed: Vec<_> = runs
+        .iter()
+        .filter_map(|r| host.run(*r))
+        .filter(|r| r.is_terminated())
+        .map(|r| r.error)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    host.shutdown().await;
+}

@@ -60,7 +60,14 @@ pub(crate) struct Conn {
     pub wake: Arc<Notify>,
     /// The last line the runtime wrote to stderr, for error texts.
     pub last_stderr: Mutex<String>,
+    /// Admission: at most [`START_WINDOW`] `start`s awaiting their reply at once.
+    pub starts: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many `start` commands one connection has in flight at most. A burst of launches
+/// waits in `initializing` (RFC 3165 lets that state last) instead of flooding the
+/// runtime; the 6.2.3 timeout of each runs from when it is written.
+pub(crate) const START_WINDOW: usize = 64;
 
 impl Conn {
     pub fn new(id: ConnId, runtime: String, pid: Option<u32>, writer: BoxWrite) -> Conn {
@@ -74,6 +81,7 @@ impl Conn {
             closed: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
             last_stderr: Mutex::new(String::new()),
+            starts: Arc::new(tokio::sync::Semaphore::new(START_WINDOW)),
         }
     }
 

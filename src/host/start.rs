@@ -81,6 +81,10 @@ pub(super) async fn drive(inner: Arc<Inner>, run: RunId, plan: StartPlan) {
         argument,
         ..
     } = plan;
+    // Admission (see START_WINDOW): wait for a place, then the command's timeout starts.
+    let Ok(_place) = conn.starts.clone().acquire_owned().await else {
+        return;
+    };
     let id = conn.id;
     let check = || precondition(&mut inner.table.lock().expect("table lock"), run, id);
     inner
