@@ -1618,9 +1618,18 @@ fn cli_as(sb: &Sandbox, who: &Who, args: &[&str], socket: &Path) -> Out {
 }
 
 #[track_caller]
+/// A refusal. Requests about another owner's run get the same answer as for a run that
+/// does not exist, so a user cannot learn which RunIds other owners have.
 fn refused(r: &Value, what: &str) {
     assert_eq!(r["ok"], false, "{what}: {r}");
-    assert_eq!(r["error"]["code"], "not_permitted", "{what}: {r}");
+    if what.contains("\"run_id\"") {
+        assert_eq!(r["error"]["code"], "no_such_run", "{what}: {r}");
+        let id = what.split("\"run_id\":").nth(1).unwrap();
+        let id: String = id.chars().take_while(char::is_ascii_digit).collect();
+        assert_eq!(r["error"]["message"], format!("no run {id}"), "{what}: {r}");
+    } else {
+        assert_eq!(r["error"]["code"], "not_permitted", "{what}: {r}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1684,6 +1693,8 @@ async fn peer_credentials_decide_who_may_do_what() {
         json!({"op": "subscribe", "run_id": rr}),
         json!({"op": "install", "owner": "root", "name": "evil.sh", "content": "x", "executable": true}),
         json!({"op": "launch", "owner": "root", "script": ticker}),
+        // Its own owner, but root's script: owners' scripts are private.
+        json!({"op": "launch", "owner": "smxt-ctl", "script": ticker}),
         json!({"op": "reload"}),
         json!({"op": "install", "owner": "smxt-ctl", "name": "idn.sh", "content": idn, "executable": true}),
         json!({"op": "install", "owner": "smxt-ctl", "name": "ticker.sh", "content": TICKER, "executable": true}),
@@ -1703,14 +1714,22 @@ async fn peer_credentials_decide_who_may_do_what() {
     );
     assert_eq!(resp[1]["ok"], true, "anyone may list the languages");
     assert_eq!(resp[2]["result"], json!([]), "none of root's runs");
-    for (i, step) in steps.iter().enumerate().take(16).skip(3) {
+    for (i, step) in steps.iter().enumerate().take(17).skip(3) {
         refused(&resp[i], &step.to_string());
     }
-    for r in &resp[16..] {
+    assert!(
+        resp[15]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("may only launch its own scripts"),
+        "{}",
+        resp[15]
+    );
+    for r in &resp[17..] {
         assert_eq!(r["ok"], true, "{r}");
     }
-    let ctl_ticker = resp[18]["result"]["run_id"].as_u64().unwrap();
-    let idn_run = resp[20]["result"]["run_id"].as_u64().unwrap();
+    let ctl_ticker = resp[19]["result"]["run_id"].as_u64().unwrap();
+    let idn_run = resp[21]["result"]["run_id"].as_u64().unwrap();
     assert!(!events.is_empty());
     for e in &events {
         assert_eq!(e["event"]["owner"], "smxt-ctl", "leaked to smxt-ctl: {e}");
@@ -1746,8 +1765,13 @@ async fn peer_credentials_decide_who_may_do_what() {
     ] {
         let o = cli_as(&sb, &ctl, &args, &sock);
         assert_eq!(o.code, Some(1), "{args:?}: {o:#?}");
+        let about_run = args.contains(&rrs.as_str());
         assert!(
-            o.stderr.contains("not_permitted") && o.stderr.contains("user smxt-ctl may not"),
+            if about_run {
+                o.stderr.contains("no_such_run") && o.stderr.contains(&format!("no run {rr}"))
+            } else {
+                o.stderr.contains("not_permitted") && o.stderr.contains("user smxt-ctl may not")
+            },
             "{args:?}: {o:#?}"
         );
     }

@@ -841,12 +841,13 @@ impl WithIndex for ErrorBody {
 
 /// The row of a run the peer may act on.
 fn owned_run(shared: &Shared, peer: &Peer, run: RunId, op: &str) -> Result<RunInfo, ErrorBody> {
-    let info = shared
-        .host
-        .run(run)
-        .ok_or_else(|| fail(ErrorCode::NoSuchRun, format!("no run {run}")))?;
+    let no_run = || fail(ErrorCode::NoSuchRun, format!("no run {run}"));
+    let info = shared.host.run(run).ok_or_else(no_run)?;
     if !peer.may_act_for(&info.owner) {
-        return Err(refuse(peer, op, &info.owner));
+        // The same answer as for a run that does not exist: which RunIds other owners
+        // have is not this peer's business. The refusal is still logged.
+        tracing::warn!(user = %peer.user, uid = peer.uid, op, run = %run, "refused: run of another owner");
+        return Err(no_run());
     }
     Ok(info)
 }
@@ -909,6 +910,19 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
         Op::Launch(p) => {
             if !peer.may_act_for(&p.owner) {
                 return Err(refuse(peer, name, &p.owner));
+            }
+            // Only the owner's own scripts (admins may run any): the storage keeps each
+            // owner's scripts in a directory of its own.
+            let own = format!("{}/", crate::storage::component(&p.owner));
+            if !peer.admin && !p.script.starts_with(&own) {
+                tracing::warn!(user = %peer.user, uid = peer.uid, owner = p.owner, script = p.script, "refused: script of another owner");
+                return Err(fail(
+                    ErrorCode::NotPermitted,
+                    format!(
+                        "owner {:?} may only launch its own scripts ({own}...), not {:?}",
+                        p.owner, p.script
+                    ),
+                ));
             }
             let mut req = LaunchRequest::new(p.script.clone());
             if let Some(n) = p.name {
