@@ -437,6 +437,8 @@ pub struct HostSettings {
     pub fetch_timeout: Duration,
     /// Largest script pulled from a URL.
     pub fetch_max_octets: u64,
+    /// Octets one owner's scripts may take in the script storage (0: no limit).
+    pub storage_quota: u64,
 }
 
 impl Default for HostSettings {
@@ -452,6 +454,7 @@ impl Default for HostSettings {
             state_dir: None,
             fetch_timeout: Duration::from_secs(30),
             fetch_max_octets: crate::storage::MAX_SCRIPT_OCTETS,
+            storage_quota: crate::storage::DEFAULT_QUOTA,
         }
     }
 }
@@ -469,6 +472,7 @@ struct HostSection {
     state_dir: Option<AbsPath>,
     fetch_timeout: Option<Dur>,
     fetch_max_octets: Option<u64>,
+    storage_quota: Option<u64>,
 }
 
 /// Settings of the daemon's control socket.
@@ -737,6 +741,9 @@ impl Config {
         }
         if let Some(v) = h.fetch_max_octets {
             d.fetch_max_octets = v;
+        }
+        if let Some(v) = h.storage_quota {
+            d.storage_quota = v;
         }
         if file.control != ControlSettings::default() {
             self.control = file.control;

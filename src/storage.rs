@@ -21,6 +21,14 @@ pub enum StorageError {
     NotAFile(String),
     #[error("script is {size} octets; the limit is {max}")]
     TooLarge { size: u64, max: u64 },
+    #[error(
+        "owner {owner:?} would use {would} octets of script storage; its quota is {quota} ([host] storage_quota)"
+    )]
+    QuotaExceeded {
+        owner: String,
+        would: u64,
+        quota: u64,
+    },
 }
 
 /// No fork while a script is open for writing. A child forked in that window keeps a copy
@@ -37,7 +45,12 @@ pub const MAX_SCRIPT_OCTETS: u64 = 16 << 20;
 pub struct Storage {
     root: PathBuf,
     _temp: Option<tempfile::TempDir>,
+    /// Octets one owner's scripts may take in all (0: no limit).
+    quota: std::sync::atomic::AtomicU64,
 }
+
+/// `[host] storage_quota`'s default: 64 MiB per owner.
+pub const DEFAULT_QUOTA: u64 = 64 << 20;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
     move |source| StorageError::Io {
@@ -66,7 +79,11 @@ impl Storage {
     pub fn open(dir: &Path) -> Result<Storage, StorageError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let root = std::fs::canonicalize(dir).map_err(io_err(dir))?;
-        Ok(Storage { root, _temp: None })
+        Ok(Storage {
+            root,
+            _temp: None,
+            quota: DEFAULT_QUOTA.into(),
+        })
     }
 
     /// A private storage removed when dropped, for `smx run` without a configured storage.
@@ -82,6 +99,7 @@ impl Storage {
         Ok(Storage {
             root,
             _temp: Some(t),
+            quota: DEFAULT_QUOTA.into(),
         })
     }
 
@@ -118,8 +136,9 @@ impl Storage {
         let write = || -> io::Result<()> {
             {
                 // Only while the write fd is open: forks wait for a page-cache write, not
-                // for the disk.
+                // for the disk. Installs are one at a time here, so the quota holds.
                 let _no_fork = FORK_GUARD.write().unwrap_or_else(|e| e.into_inner());
+                self.check_quota(owner, &dir, &file, content.len() as u64)?;
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -135,9 +154,46 @@ impl Storage {
         };
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
+            if e.get_ref().is_some_and(|i| i.is::<StorageError>()) {
+                match e.into_inner().map(|i| i.downcast::<StorageError>()) {
+                    Some(Ok(q)) => return *q,
+                    _ => unreachable!("checked above"),
+                }
+            }
             io_err(&target)(e)
         })?;
         Ok(format!("{}/{}", component(owner), file))
+    }
+
+    /// Fails with `QuotaExceeded` (as an io::Error carrying it) if the owner's scripts but
+    /// `file` plus `size` octets exceed the quota.
+    fn check_quota(&self, owner: &str, dir: &Path, file: &str, size: u64) -> io::Result<()> {
+        let quota = self.quota.load(std::sync::atomic::Ordering::Relaxed);
+        if quota == 0 {
+            return Ok(());
+        }
+        let used: u64 = std::fs::read_dir(dir)?
+            .flatten()
+            .filter(|e| e.file_name().to_str() != Some(file))
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum();
+        let would = used + size;
+        if would > quota {
+            return Err(io::Error::other(StorageError::QuotaExceeded {
+                owner: owner.to_owned(),
+                would,
+                quota,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Sets the per-owner quota (0: none).
+    pub fn set_quota(&self, octets: u64) {
+        self.quota
+            .store(octets, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Removes a stored script (a destroyed smScriptTable row); a missing one is fine.
@@ -221,6 +277,37 @@ mod tests {
         assert_eq!(component("a/b"), "a%2Fb");
         assert_eq!(component(""), "%");
         assert_ne!(component("a b"), component("a_b"));
+    }
+
+    /// `[host] storage_quota`: an install over the owner's quota fails clearly and leaves
+    /// nothing behind; replacing a script counts only its new size; owners are apart.
+    #[test]
+    fn the_quota_is_per_owner_and_nothing_is_half_written() {
+        let s = Storage::temporary().unwrap();
+        s.set_quota(100);
+        s.install("a", "one", &[b'x'; 60], false).unwrap();
+        let e = s.install("a", "two", &[b'y'; 50], false).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                StorageError::QuotaExceeded {
+                    would: 110,
+                    quota: 100,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("storage_quota"), "{e}");
+        let files: Vec<_> = std::fs::read_dir(s.root().join("a"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(files.len(), 1, "no partial or temporary file left");
+        s.install("a", "one", &[b'z'; 90], false).unwrap();
+        s.install("b", "two", &[b'y'; 100], false).unwrap();
+        s.set_quota(0);
+        s.install("a", "big", &[b'x'; 1000], false).unwrap();
     }
 
     #[test]

@@ -260,6 +260,8 @@ pub enum ErrorCode {
     BadScript,
     ArgumentTooLong,
     TooManyRuns,
+    /// The owner's scripts would exceed `[host] storage_quota`; nothing was written.
+    QuotaExceeded,
     ShuttingDown,
     /// The connection already has the maximum number of pending `wait`s (1024).
     Busy,

@@ -903,7 +903,12 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
                 })
                 .await
                 .map_err(|e| fail(ErrorCode::Internal, e.to_string()))?
-                .map_err(|e| fail(ErrorCode::BadScript, e.to_string()))?;
+                .map_err(|e| match e {
+                    crate::storage::StorageError::QuotaExceeded { .. } => {
+                        fail(ErrorCode::QuotaExceeded, e.to_string())
+                    }
+                    e => fail(ErrorCode::BadScript, e.to_string()),
+                })?;
             tracing::info!(user = %peer.user, owner, script = rel, "script installed");
             ok(Installed { script: rel })
         }

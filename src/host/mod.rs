@@ -132,6 +132,7 @@ impl Host {
     /// A host with `config`, storing scripts in `storage`. Must be called inside a tokio
     /// runtime; nothing starts until the first launch but the clock task.
     pub fn new(config: Config, storage: Storage) -> Host {
+        storage.set_quota(config.host.storage_quota);
         let events = EventBus::new();
         let table = Table::new(events.clone(), config.host.max_finished_runs);
         let wake = table.clock_wake();
@@ -165,6 +166,7 @@ impl Host {
             .lock()
             .expect("table lock")
             .set_max_finished(config.host.max_finished_runs);
+        self.inner.storage.set_quota(config.host.storage_quota);
         *self.inner.config.write().expect("config lock") = Arc::new(config);
         let conns: Vec<Arc<Conn>> = {
             let pool = self.inner.pool.lock().expect("pool lock");
