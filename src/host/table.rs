@@ -447,6 +447,19 @@ impl Table {
             .unwrap_or_default()
     }
 
+    /// How many rows (owner, name) has in the run table, and their states.
+    pub fn states_of(&self, owner: &str, name: &str) -> Vec<RunState> {
+        self.launches
+            .get(&(owner.to_owned(), name.to_owned()))
+            .map(|l| {
+                l.by_index
+                    .values()
+                    .filter_map(|id| self.runs.get(id).map(|r| r.info.state))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// How many runs of (owner, name) have not terminated.
     pub fn active_of(&self, owner: &str, name: &str) -> u32 {
         self.launches

@@ -93,17 +93,13 @@ impl RunsView for HostRuns<'_> {
         self.0.active_of(owner, name)
     }
     fn has_runs(&self, owner: &str, name: &str) -> bool {
-        !self.0.runs_of(owner, name).is_empty()
+        !self.0.states_of(owner, name).is_empty()
     }
     fn run_state(&self, owner: &str, name: &str, index: u32) -> Option<RunState> {
         self.0.run_at(owner, name, index).map(|r| r.state)
     }
     fn run_states(&self, owner: &str, name: &str) -> Vec<RunState> {
-        self.0
-            .runs_of(owner, name)
-            .iter()
-            .map(|r| r.state)
-            .collect()
+        self.0.states_of(owner, name)
     }
     fn may_run(&self, owner: &str) -> Result<(), String> {
         match self.0.config().owner(owner) {
@@ -257,7 +253,7 @@ impl Mib {
         let host = &self.inner.host;
         let enabled = script_enabled(s, &l.script_owner, &l.script_name);
         LaunchView {
-            oper_status: l.oper(enabled, !host.runs_of(&l.owner, &l.name).is_empty()),
+            oper_status: l.oper(enabled, !host.states_of(&l.owner, &l.name).is_empty()),
             row_expire_time: l.row_expire.remaining(Instant::now()),
             running: host.active_of(&l.owner, &l.name),
             row: l.clone(),
@@ -714,7 +710,7 @@ impl Mib {
                 })
                 .collect();
             for (key, l) in s.launches.iter_mut() {
-                let has_runs = !host.runs_of(&key.0, &key.1).is_empty();
+                let has_runs = !host.states_of(&key.0, &key.1).is_empty();
                 let on = enabled
                     .get(&(l.script_owner.clone(), l.script_name.clone()))
                     .copied()
@@ -761,7 +757,7 @@ impl Mib {
                 for (key, l) in s.launches.iter_mut() {
                     match l.row_expire.deadline() {
                         Some(d) if d <= now && !l.expired => {
-                            if host.runs_of(&key.0, &key.1).is_empty() {
+                            if host.states_of(&key.0, &key.1).is_empty() {
                                 removed.push(key.clone());
                             } else {
                                 tracing::info!(
