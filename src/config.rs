@@ -956,18 +956,22 @@ impl Config {
 }
 
 /// The directory holding the runtimes that ship with smx (`{runtimes}` in a command):
-/// `$SMX_RUNTIMES`, else `<prefix>/share/smx/runtimes` next to the executable, else the
-/// `runtimes/` directory of the source tree the executable was built from.
+/// `$SMX_RUNTIMES`, else `<prefix>/lib/smx/runtimes` next to the executable (the package
+/// layout: `/usr/bin/smx`, `/usr/lib/smx/runtimes`; also where a package unpacked with
+/// `dpkg -x` finds its own), else `<prefix>/share/smx/runtimes` (older installs), else the
+/// `runtimes/` directory of the source tree the executable was built from (`cargo run`).
 pub fn runtimes_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("SMX_RUNTIMES") {
         return PathBuf::from(d);
     }
     if let Ok(exe) = std::env::current_exe()
-        && let Some(bin) = exe.parent()
+        && let Some(prefix) = exe.parent().and_then(Path::parent)
     {
-        let installed = bin.join("../share/smx/runtimes");
-        if installed.is_dir() {
-            return installed;
+        for installed in ["lib/smx/runtimes", "share/smx/runtimes"] {
+            let d = prefix.join(installed);
+            if d.is_dir() {
+                return d;
+            }
         }
     }
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/runtimes"))
