@@ -378,7 +378,10 @@ fn completions_are_valid_shell() {
         ))
         .output()
         .unwrap();
-    assert_eq!(text(&b.stdout), "conform config completions\n--lifetime\nevents\n");
+    assert_eq!(
+        text(&b.stdout),
+        "conform config completions\n--lifetime\nevents\n"
+    );
     for (shell, marker) in [("zsh", "#compdef smx"), ("fish", "complete -c smx")] {
         let o = smx(&["completions", shell]);
         assert_eq!(o.status.code(), Some(0), "{shell}");

@@ -239,9 +239,7 @@ impl Progress {
                             !notify && r.as_bytes() == result.as_bytes()
                         }
                         EventKind::Error { error: e, notify } => {
-                            !notify
-                                && exit_code != smx::proto::ExitCode::NoError
-                                && e.to_string() == *error
+                            !notify && exit_code != smx::proto::ExitCode::NoError && e == error
                         }
                         _ => false,
                     };
