@@ -913,11 +913,31 @@ def _start_tmp_watchdog():
         finally:
             os._exit(0)
     os.close(r)
-    _watchdog_fds.append(w)     # open until this process ends; not inherited by exec
+    _watchdog.extend((w, pid))  # w open until this process ends; not inherited by exec
     _tmp_parent = parent
 
 
-_watchdog_fds = []
+# The write end of the watchdog's pipe and its pid.
+_watchdog = []
+
+
+def _stop_tmp_watchdog():
+    """At a clean exit: removes _tmp_parent, lets the watchdog go and reaps it, so that it
+    does not end up a zombie of a PID 1 that does not reap."""
+    if _tmp_parent:
+        shutil.rmtree(_tmp_parent, ignore_errors=True)
+    if not _watchdog:
+        return
+    w, pid = _watchdog
+    os.close(w)
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] or time.monotonic() > deadline:
+                return
+        except ChildProcessError:
+            return
+        _orig_sleep(0.005)
 
 
 def _run_main(run):
@@ -1508,8 +1528,7 @@ def _shutdown():
         _log("run %d did not stop; exiting anyway" % run.id)
         if run.tmpdir:
             shutil.rmtree(run.tmpdir, ignore_errors=True)
-    if _tmp_parent:
-        shutil.rmtree(_tmp_parent, ignore_errors=True)
+    _stop_tmp_watchdog()
     _flush_streams()
     os._exit(0)
 
