@@ -4,7 +4,7 @@
 //! Values are checked while they are deserialized, so every error carries the file, line,
 //! column and key of the offending text.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +34,33 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// More than one problem, in the order of the text; shown one per line.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    /// Every single problem (one for `Read` and `Invalid`).
+    pub fn problems(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several(v) => v.iter().flat_map(|e| e.problems()).collect(),
+            e => vec![e],
+        }
+    }
+
+    /// One error from a list of problems (`None` if there are none), sorted by position.
+    fn from_list(mut list: Vec<ConfigError>) -> Option<ConfigError> {
+        let pos = |e: &ConfigError| match e {
+            ConfigError::Invalid { line, column, .. } => (*line, *column),
+            _ => (0, 0),
+        };
+        list.sort_by_key(pos);
+        match list.len() {
+            0 => None,
+            1 => list.pop(),
+            _ => Some(ConfigError::Several(list)),
+        }
+    }
 }
 
 /// How a runtime talks SMX (RFC 3179 section 8).
@@ -549,21 +576,6 @@ impl Default for ControlSettings {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    #[serde(default)]
-    runtime: Vec<Spanned<RuntimeSpec>>,
-    #[serde(default)]
-    os_profile: Vec<Spanned<OsProfileSpec>>,
-    #[serde(default)]
-    owner: Vec<Spanned<OwnerSpec>>,
-    #[serde(default)]
-    host: HostSection,
-    #[serde(default)]
-    control: ControlSettings,
-}
-
 /// The effective configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -575,6 +587,8 @@ pub struct Config {
     pub os_profiles: BTreeMap<String, Arc<OsProfileSpec>>,
     pub owners: BTreeMap<String, OwnerSpec>,
     pub control: ControlSettings,
+    /// Where each runtime was defined (`file:line:column`), for messages.
+    origins: BTreeMap<String, String>,
 }
 
 /// A runtime as registered, with the directory its placeholders refer to.
@@ -602,6 +616,7 @@ impl Config {
             os_profiles: BTreeMap::new(),
             owners: BTreeMap::new(),
             control: ControlSettings::default(),
+            origins: BTreeMap::new(),
         };
         c.extend(EMBEDDED, "<embedded>", None)
             .expect("the embedded configuration is valid");
@@ -610,6 +625,29 @@ impl Config {
 
     /// The embedded default extended by the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, false)
+    }
+
+    /// The embedded default, extended by `path` if given.
+    pub fn load_optional(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(p) => Config::load(p),
+            None => Ok(Config::embedded()),
+        }
+    }
+
+    /// The configuration as `smx daemon` loads it (at start, on SIGHUP, and for `smx config
+    /// check`): [`Config::load_optional`], and also checked against this system: every
+    /// os_profile's user and groups exist, its chroot is a directory, and the control
+    /// groups exist. Every problem is reported, each with its file, line and column.
+    pub fn load_checked(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(p) => Config::load_with(p, true),
+            None => Ok(Config::embedded()),
+        }
+    }
+
+    fn load_with(path: &Path, system: bool) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -625,47 +663,143 @@ impl Config {
                 }
             })
             .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned()));
-        c.extend(&text, &path.display().to_string(), dir)?;
+        let problems = c.extend_checked(&text, &path.display().to_string(), dir, system);
+        if let Some(e) = ConfigError::from_list(problems) {
+            return Err(e);
+        }
         c.source = Some(path.to_owned());
         Ok(c)
     }
 
-    /// The embedded default, extended by `path` if given.
-    pub fn load_optional(path: Option<&Path>) -> Result<Config, ConfigError> {
-        match path {
-            Some(p) => Config::load(p),
-            None => Ok(Config::embedded()),
-        }
-    }
-
-    /// Extends this configuration with the TOML `text` from `origin`.
+    /// Extends this configuration with the TOML `text` from `origin`. Every problem of the
+    /// text is reported (syntax errors alone if there are any); on error this
+    /// configuration may be partly extended and should be dropped.
     pub fn extend(
         &mut self,
         text: &str,
         origin: &str,
         config_dir: Option<PathBuf>,
     ) -> Result<(), ConfigError> {
-        let err = |span: Option<std::ops::Range<usize>>, message: String| {
-            located(text, origin, span, message)
-        };
-        let file: File = toml::from_str(text).map_err(|e| err(e.span(), e.message().to_owned()))?;
+        match ConfigError::from_list(self.extend_checked(text, origin, config_dir, false)) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
 
-        let mut seen = HashSet::new();
-        for r in file.runtime {
-            let span = r.span();
-            let spec = r.into_inner();
-            if !seen.insert(spec.name.clone()) {
-                return Err(err(
-                    Some(span),
-                    format!("runtime {:?} is defined twice", spec.name.0),
-                ));
+    /// [`Config::extend`] returning every problem; with `system`, users, groups and chroot
+    /// directories are looked up too.
+    fn extend_checked(
+        &mut self,
+        text: &str,
+        origin: &str,
+        config_dir: Option<PathBuf>,
+        system: bool,
+    ) -> Vec<ConfigError> {
+        let mut p = Problems {
+            text,
+            origin,
+            list: Vec::new(),
+        };
+        let (doc, syntax) = toml::de::DeTable::parse_recoverable(text);
+        if !syntax.is_empty() {
+            for e in syntax {
+                p.at(e.span(), e.message());
             }
+            return p.list;
+        }
+        let mut sections: BTreeMap<&'static str, Item<'_>> = BTreeMap::new();
+        for (key, value) in doc.into_inner() {
+            let known = ["runtime", "os_profile", "owner", "host", "control"]
+                .into_iter()
+                .find(|k| *k == key.get_ref().as_ref());
+            match known {
+                Some(k) => {
+                    sections.insert(k, value);
+                }
+                None => p.at(
+                    Some(key.span()),
+                    format!(
+                        "unknown field `{}`, expected one of `runtime`, `os_profile`, `owner`, \
+                         `host`, `control`",
+                        key.get_ref()
+                    ),
+                ),
+            }
+        }
+        let mut take = |k: &str| sections.remove(k);
+        let runtimes = take("runtime")
+            .map(|v| p.tables("runtime", v))
+            .unwrap_or_default();
+        let os_profiles = take("os_profile")
+            .map(|v| p.tables("os_profile", v))
+            .unwrap_or_default();
+        let owners = take("owner")
+            .map(|v| p.tables("owner", v))
+            .unwrap_or_default();
+        let host = take("host");
+        let control = take("control");
+
+        self.extend_runtimes(&mut p, runtimes, config_dir);
+        self.extend_os_profiles(&mut p, os_profiles, system);
+        self.extend_owners(&mut p, owners);
+        if let Some(h) = host {
+            self.extend_host(&mut p, h);
+        }
+        if let Some(c) = control {
+            self.extend_control(&mut p, c, system);
+        }
+        p.list
+    }
+
+    fn extend_runtimes(
+        &mut self,
+        p: &mut Problems,
+        items: Vec<Item<'_>>,
+        config_dir: Option<PathBuf>,
+    ) {
+        // Where each extension of a runtime defined here is written.
+        let mut ext_spans: BTreeMap<(String, String), Span> = BTreeMap::new();
+        let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+        for item in items {
+            let span = item.span();
+            let commands = strings(field(&item, "command"));
+            let extensions = strings(field(&item, "extensions"));
+            let Some(spec) = p.de::<RuntimeSpec>(item) else {
+                continue;
+            };
+            let name = spec.name.0.clone();
+            if let Some(first) = seen.get(&name) {
+                let first = p.line_of(first);
+                p.at(
+                    Some(span),
+                    format!("runtime {name:?} is defined twice (first at line {first})"),
+                );
+                continue;
+            }
+            seen.insert(name.clone(), span.clone());
             if spec.cookie.is_some() && spec.transport != Transport::Tcp {
-                return Err(err(
-                    Some(span),
-                    "`cookie` only applies to transport = \"tcp\"".into(),
-                ));
+                p.at(
+                    Some(span.clone()),
+                    "`cookie` only applies to transport = \"tcp\"",
+                );
             }
+            for (arg, at) in &commands {
+                for ph in placeholders(arg) {
+                    if !PLACEHOLDERS.contains(&ph) {
+                        p.at(
+                            Some(at.clone()),
+                            format!(
+                                "unknown placeholder {{{ph}}} in command (known: {})",
+                                PLACEHOLDERS.map(|k| format!("{{{k}}}")).join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+            for (ext, at) in extensions {
+                ext_spans.insert((name.clone(), ext.to_ascii_lowercase()), at);
+            }
+            self.origins.insert(name.clone(), p.place(&span));
             let reg = Arc::new(Registered {
                 spec,
                 config_dir: config_dir.clone(),
@@ -676,45 +810,158 @@ impl Config {
             }
         }
 
-        for p in file.os_profile {
-            let span = p.span();
-            let spec = p.into_inner();
-            if spec.chroot_storage.is_some() && spec.chroot.is_none() {
-                return Err(err(Some(span), "`chroot_storage` needs `chroot`".into()));
-            }
-            if self
-                .os_profiles
-                .insert(spec.name.0.clone(), Arc::new(spec))
-                .is_some()
-            {
-                return Err(err(Some(span), "os_profile is defined twice".into()));
+        // An extension selects the first runtime (in registry order) that lists it; a
+        // second one would silently never get those scripts.
+        let mut claimed: BTreeMap<String, String> = BTreeMap::new();
+        for r in &self.runtimes {
+            for e in &r.extensions {
+                let ext = e.0.to_ascii_lowercase();
+                let Some(first) = claimed.get(&ext) else {
+                    claimed.insert(ext, r.name.0.clone());
+                    continue;
+                };
+                if *first == r.name.0 {
+                    continue;
+                }
+                let here = ext_spans.get(&(r.name.0.clone(), ext.clone()));
+                let there = ext_spans.get(&(first.clone(), ext.clone()));
+                let (at, this, other) = match (here, there) {
+                    (Some(at), _) => (at, &r.name.0, first),
+                    (None, Some(at)) => (at, first, &r.name.0),
+                    (None, None) => continue,
+                };
+                let where_other = self.origins.get(other).cloned().unwrap_or_default();
+                p.at(
+                    Some(at.clone()),
+                    format!(
+                        "extension {ext:?} of runtime {this:?} is also registered by runtime \
+                         {other:?} ({where_other}); .{ext} scripts would only ever go to {first:?}. \
+                         Remove it from one of them (a [[runtime]] named {other:?} replaces that one)"
+                    ),
+                );
             }
         }
+    }
 
-        for o in file.owner {
-            let span = o.span();
-            let spec = o.into_inner();
-            if spec.name.is_empty() || spec.name.len() > 32 {
-                return Err(err(
+    fn extend_os_profiles(&mut self, p: &mut Problems, items: Vec<Item<'_>>, system: bool) {
+        let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+        for item in items {
+            let span = item.span();
+            let user_at = field(&item, "user").map(|v| v.span());
+            let group_at = field(&item, "group").map(|v| v.span());
+            let groups_at: Vec<Span> = field(&item, "groups")
+                .and_then(|v| v.get_ref().as_array())
+                .map(|a| a.iter().map(|v| v.span()).collect())
+                .unwrap_or_default();
+            let chroot_at = field(&item, "chroot").map(|v| v.span());
+            let Some(spec) = p.de::<OsProfileSpec>(item) else {
+                continue;
+            };
+            let name = spec.name.0.clone();
+            if let Some(first) = seen.get(&name) {
+                let first = p.line_of(first);
+                p.at(
                     Some(span),
-                    "owner name must be 1-32 octets (smLaunchOwner)".into(),
-                ));
+                    format!("os_profile {name:?} is defined twice (first at line {first})"),
+                );
+                continue;
             }
-            if !self.os_profiles.contains_key(&spec.os_profile) {
-                return Err(err(
+            seen.insert(name.clone(), span.clone());
+            if spec.chroot_storage.is_some() && spec.chroot.is_none() {
+                p.at(Some(span.clone()), "`chroot_storage` needs `chroot`");
+            }
+            if system {
+                if let Some(why) = missing_user(&spec.user) {
+                    p.at(
+                        user_at.or(Some(span.clone())),
+                        format!("os_profile {name:?}: {why}"),
+                    );
+                }
+                let groups = spec.group.iter().map(|g| (g, group_at.clone())).chain(
+                    spec.groups
+                        .iter()
+                        .enumerate()
+                        .map(|(i, g)| (g, groups_at.get(i).cloned())),
+                );
+                for (g, at) in groups {
+                    if let Some(why) = missing_group(g) {
+                        p.at(
+                            at.or(Some(span.clone())),
+                            format!("os_profile {name:?}: {why}"),
+                        );
+                    }
+                }
+                if let Some(root) = &spec.chroot
+                    && !root.0.is_dir()
+                {
+                    p.at(
+                        chroot_at.or(Some(span.clone())),
+                        format!(
+                            "os_profile {name:?}: chroot {} is not a directory",
+                            root.0.display()
+                        ),
+                    );
+                }
+            }
+            if self.os_profiles.contains_key(&name) {
+                p.at(
                     Some(span),
+                    format!("os_profile {name:?} is already defined by the embedded default"),
+                );
+                continue;
+            }
+            self.os_profiles.insert(name, Arc::new(spec));
+        }
+    }
+
+    fn extend_owners(&mut self, p: &mut Problems, items: Vec<Item<'_>>) {
+        let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+        for item in items {
+            let span = item.span();
+            let name_at = field(&item, "name").map(|v| v.span());
+            let profile_at = field(&item, "os_profile").map(|v| v.span());
+            let Some(spec) = p.de::<OwnerSpec>(item) else {
+                continue;
+            };
+            if spec.name.is_empty() || spec.name.len() > 32 {
+                p.at(
+                    name_at.or(Some(span.clone())),
+                    "owner name must be 1-32 octets (smLaunchOwner)",
+                );
+                continue;
+            }
+            if let Some(first) = seen.get(&spec.name) {
+                let first = p.line_of(first);
+                p.at(
+                    name_at.or(Some(span)),
+                    format!(
+                        "owner {:?} is defined twice (first at line {first}); each smLaunchOwner \
+                         maps to one os_profile",
+                        spec.name
+                    ),
+                );
+                continue;
+            }
+            seen.insert(spec.name.clone(), span.clone());
+            if !self.os_profiles.contains_key(&spec.os_profile) {
+                p.at(
+                    profile_at.or(Some(span)),
                     format!(
                         "owner {:?} names unknown os_profile {:?}",
                         spec.name, spec.os_profile
                     ),
-                ));
+                );
+                continue;
             }
-            if self.owners.insert(spec.name.clone(), spec).is_some() {
-                return Err(err(Some(span), "owner is defined twice".into()));
-            }
+            self.owners.insert(spec.name.clone(), spec);
         }
+    }
 
-        let h = file.host;
+    fn extend_host(&mut self, p: &mut Problems, item: Item<'_>) {
+        let active_at = field(&item, "max_active_runs").map(|v| v.span());
+        let Some(h) = p.de::<HostSection>(item) else {
+            return;
+        };
         let d = &mut self.host;
         if let Some(v) = h.storage {
             d.storage = Some(v.0);
@@ -730,8 +977,13 @@ impl Config {
                 *dst = v.0;
             }
         }
-        if let Some(v) = h.max_active_runs {
-            d.max_active_runs = v;
+        match h.max_active_runs {
+            Some(0) => p.at(
+                active_at,
+                "must be at least 1 (with 0 every launch would be refused)",
+            ),
+            Some(v) => d.max_active_runs = v,
+            None => {}
         }
         if let Some(v) = h.max_finished_runs {
             d.max_finished_runs = v;
@@ -745,10 +997,24 @@ impl Config {
         if let Some(v) = h.storage_quota {
             d.storage_quota = v;
         }
-        if file.control != ControlSettings::default() {
-            self.control = file.control;
+    }
+
+    fn extend_control(&mut self, p: &mut Problems, item: Item<'_>, system: bool) {
+        let admin_at = field(&item, "admin_group").map(|v| v.span());
+        let socket_at = field(&item, "socket_group").map(|v| v.span());
+        let Some(c) = p.de::<ControlSettings>(item) else {
+            return;
+        };
+        if system {
+            for (g, at) in [(&c.admin_group, admin_at), (&c.socket_group, socket_at)] {
+                if let Some(why) = g.as_ref().and_then(missing_group) {
+                    p.at(at, why);
+                }
+            }
         }
-        Ok(())
+        if c != ControlSettings::default() {
+            self.control = c;
+        }
     }
 
     pub fn runtime(&self, name: &str) -> Option<&Arc<Registered>> {
@@ -771,21 +1037,158 @@ impl Config {
 }
 
 /// The directory holding the runtimes that ship with smx (`{runtimes}` in a command):
-/// `$SMX_RUNTIMES`, else `<prefix>/share/smx/runtimes` next to the executable, else the
-/// `runtimes/` directory of the source tree the executable was built from.
+/// `$SMX_RUNTIMES`, else `<prefix>/lib/smx/runtimes` next to the executable (the package
+/// layout: `/usr/bin/smx`, `/usr/lib/smx/runtimes`; also where a package unpacked with
+/// `dpkg -x` finds its own), else `<prefix>/share/smx/runtimes` (older installs), else the
+/// `runtimes/` directory of the source tree the executable was built from (`cargo run`).
 pub fn runtimes_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("SMX_RUNTIMES") {
         return PathBuf::from(d);
     }
     if let Ok(exe) = std::env::current_exe()
-        && let Some(bin) = exe.parent()
+        && let Some(prefix) = exe.parent().and_then(Path::parent)
     {
-        let installed = bin.join("../share/smx/runtimes");
-        if installed.is_dir() {
-            return installed;
+        for installed in ["lib/smx/runtimes", "share/smx/runtimes"] {
+            let d = prefix.join(installed);
+            if d.is_dir() {
+                return d;
+            }
         }
     }
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/runtimes"))
+}
+
+/// The placeholders a runtime's `command` may use.
+pub const PLACEHOLDERS: [&str; 3] = ["smx", "runtimes", "config_dir"];
+
+/// The `{name}` placeholders in `arg` (a name is a letter or `_` then letters, digits or
+/// `_`; other text in braces, such as awk's `{print $1}`, is left alone).
+fn placeholders(arg: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        rest = &rest[open + 1..];
+        let Some(close) = rest.find(['{', '}']) else {
+            break;
+        };
+        let name = &rest[..close];
+        if rest[close..].starts_with('}')
+            && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            found.push(name);
+        }
+        rest = &rest[close..];
+    }
+    found
+}
+
+type Span = std::ops::Range<usize>;
+type Item<'i> = Spanned<toml::de::DeValue<'i>>;
+
+/// The problems found in one text.
+struct Problems<'a> {
+    text: &'a str,
+    origin: &'a str,
+    list: Vec<ConfigError>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, span: Option<Span>, message: impl Into<String>) {
+        self.list
+            .push(located(self.text, self.origin, span, message.into()));
+    }
+
+    /// The line a span starts on.
+    fn line_of(&self, span: &Span) -> usize {
+        self.text[..span.start.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    /// `origin:line:column` of a span.
+    fn place(&self, span: &Span) -> String {
+        match located(self.text, self.origin, Some(span.clone()), String::new()) {
+            ConfigError::Invalid {
+                origin,
+                line,
+                column,
+                ..
+            } => format!("{origin}:{line}:{column}"),
+            _ => self.origin.to_owned(),
+        }
+    }
+
+    /// The elements of an array of tables (`[[key]]`).
+    fn tables<'i>(&mut self, key: &str, v: Item<'i>) -> Vec<Item<'i>> {
+        let span = v.span();
+        match v.into_inner() {
+            toml::de::DeValue::Array(a) => a.into_iter().collect(),
+            _ => {
+                self.at(
+                    Some(span),
+                    format!("`{key}` must be an array of tables, written [[{key}]]"),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// Deserializes one item, recording its error (located at the offending value).
+    fn de<T: serde::de::DeserializeOwned>(&mut self, item: Item<'_>) -> Option<T> {
+        let span = item.span();
+        match T::deserialize(toml::de::ValueDeserializer::from(item)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.at(e.span().or(Some(span)), e.message().to_owned());
+                None
+            }
+        }
+    }
+}
+
+/// The value of `key` in a table item.
+fn field<'a, 'i>(item: &'a Item<'i>, key: &str) -> Option<&'a Item<'i>> {
+    item.get_ref().as_table()?.get(key)
+}
+
+/// The strings of an array value, each with its span.
+fn strings(v: Option<&Item<'_>>) -> Vec<(String, Span)> {
+    v.and_then(|v| v.get_ref().as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.get_ref().as_str().map(|s| (s.to_owned(), x.span())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Why `user` cannot be used, if it does not exist on this system.
+fn missing_user(user: &IdRef) -> Option<String> {
+    let found = match user {
+        IdRef::Id(n) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(*n)),
+        IdRef::Name(s) => nix::unistd::User::from_name(s),
+    };
+    match (found, user) {
+        (Ok(Some(_)), _) => None,
+        (Ok(None), IdRef::Id(n)) => Some(format!("no user has uid {n}")),
+        (Ok(None), IdRef::Name(s)) => Some(format!("user {s:?} does not exist")),
+        (Err(e), _) => Some(format!("looking up user {user} failed: {e}")),
+    }
+}
+
+/// Why `group` cannot be used, if it is a name that does not exist on this system (a
+/// numeric gid need not be in the group database).
+fn missing_group(group: &IdRef) -> Option<String> {
+    let IdRef::Name(s) = group else {
+        return None;
+    };
+    match nix::unistd::Group::from_name(s) {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(format!("group {s:?} does not exist")),
+        Err(e) => Some(format!("looking up group {s:?} failed: {e}")),
+    }
 }
 
 /// Builds an error that names the file, line, column and the key at `span`.
@@ -916,6 +1319,157 @@ mod tests {
         assert!(
             e.contains("invalid profile name") && e.contains("runtime.profiles"),
             "{e}"
+        );
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        let mut c = Config::embedded();
+        ConfigError::from_list(c.extend_checked(text, "test.toml", None, true))
+            .map(|e| e.problems().iter().map(|p| p.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_place() {
+        let text = "[host]\nmax_active_runs = 0\n\n\
+                    [[runtime]]\nname = \"a\"\ncommand = [\"x\"]\nthreading = \"many\"\n\n\
+                    [[runtime]]\nname = \"b\"\ncommand = [\"x\"]\ncolour = 1\n";
+        let e = extend(text).unwrap_err();
+        let all: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+        assert_eq!(all.len(), 3, "{all:#?}");
+        assert!(
+            all[0].starts_with("test.toml:2:19: host.max_active_runs: must be at least 1"),
+            "{all:#?}"
+        );
+        assert!(
+            all[1].starts_with("test.toml:7:13: runtime.threading:"),
+            "{all:#?}"
+        );
+        assert!(
+            all[2].starts_with("test.toml:12:1: runtime.colour: unknown field `colour`"),
+            "{all:#?}"
+        );
+        assert_eq!(e.to_string().lines().count(), 3);
+        // Syntax errors alone, when there are any.
+        let all = problems("[host\nmax_active_runs = 0\n");
+        assert!(
+            !all.is_empty() && all.iter().all(|p| p.starts_with("test.toml:1:")),
+            "{all:#?}"
+        );
+    }
+
+    #[test]
+    fn unknown_placeholders_are_errors() {
+        let all = problems(
+            "[[runtime]]\nname = \"x\"\ncommand = [\"{smx}\", \"{runtime}/a\", \"awk {print $1}\", \"{config_dir}\"]\n",
+        );
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert!(
+            all[0].starts_with("test.toml:3:21: runtime.command: unknown placeholder {runtime}"),
+            "{all:#?}"
+        );
+        assert!(
+            all[0].contains("{smx}, {runtimes}, {config_dir}"),
+            "{all:#?}"
+        );
+        assert_eq!(placeholders("{a}{b_1}{1x}{ c}{}"), ["a", "b_1"]);
+    }
+
+    #[test]
+    fn an_extension_registered_twice_is_an_error() {
+        let all = problems(
+            "[[runtime]]\nname = \"py2\"\ncommand = [\"python2\"]\nextensions = [\"txt\", \"PY\"]\n",
+        );
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert!(
+            all[0].starts_with("test.toml:4:22: runtime.extensions:"),
+            "{all:#?}"
+        );
+        assert!(
+            all[0].contains(
+                "\"py\" of runtime \"py2\" is also registered by runtime \"python\" (<embedded>:"
+            ),
+            "{all:#?}"
+        );
+        // Replacing the built-in runtime, or taking the extension away from it, is fine.
+        assert!(
+            problems("[[runtime]]\nname = \"python\"\ncommand = [\"p\"]\nextensions = [\"py\"]\n")
+                .is_empty()
+        );
+        assert!(
+            problems(
+                "[[runtime]]\nname = \"py2\"\ncommand = [\"p\"]\nextensions = [\"py\"]\n\
+             [[runtime]]\nname = \"python\"\ncommand = [\"p\"]\nextensions = []\n"
+            )
+            .is_empty()
+        );
+        // A replaced built-in that takes another built-in's extension is named at its line.
+        let all = problems(
+            "[[runtime]]\nname = \"exec\"\ncommand = [\"e\"]\nextensions = [\"sh\", \"tcl\"]\n",
+        );
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert!(
+            all[0].starts_with("test.toml:4:21:") && all[0].contains("runtime \"tcl\""),
+            "{all:#?}"
+        );
+    }
+
+    #[test]
+    fn duplicates_say_which_and_where() {
+        let profile = "[[os_profile]]\nname = \"p\"\nuser = 0\n";
+        let owner =
+            "[[owner]]\nname = \"noc\"\nos_profile = \"p\"\nruntime_profile = \"trusted\"\n";
+        let all = problems(&format!("{profile}{owner}{owner}{profile}"));
+        assert_eq!(all.len(), 2, "{all:#?}");
+        assert!(
+            all[0].starts_with(
+                "test.toml:9:8: owner.name: owner \"noc\" is defined twice (first at line 4)"
+            ),
+            "{all:#?}"
+        );
+        assert!(
+            all[1].starts_with(
+                "test.toml:12:1: os_profile: os_profile \"p\" is defined twice (first at line 1)"
+            ),
+            "{all:#?}"
+        );
+    }
+
+    #[test]
+    fn users_and_groups_are_looked_up_for_the_daemon() {
+        let text = "[[os_profile]]\nname = \"p\"\nuser = \"smx-no-such-user\"\n\
+                    group = \"smx-no-such-group\"\ngroups = [0, \"root\", \"smx-no-such-2\"]\n\
+                    chroot = \"/nonexistent/root\"\n\
+                    [control]\nadmin_group = \"smx-no-such-admin\"\nsocket_group = 0\n";
+        // Not by `smx run` and `extend`: only what the text itself says is checked there.
+        assert!(extend(text).is_ok());
+        let all = problems(text);
+        assert_eq!(all.len(), 5, "{all:#?}");
+        assert!(all[0].starts_with("test.toml:3:8: os_profile.user: os_profile \"p\": user \"smx-no-such-user\" does not exist"), "{all:#?}");
+        assert!(
+            all[1].starts_with("test.toml:4:9: os_profile.group:")
+                && all[1].contains("group \"smx-no-such-group\" does not exist"),
+            "{all:#?}"
+        );
+        assert!(
+            all[2].starts_with("test.toml:5:22: os_profile.groups:")
+                && all[2].contains("\"smx-no-such-2\""),
+            "{all:#?}"
+        );
+        assert!(
+            all[3].starts_with("test.toml:6:10: os_profile.chroot:")
+                && all[3].contains("is not a directory"),
+            "{all:#?}"
+        );
+        assert!(
+            all[4].starts_with(
+                "test.toml:8:15: control.admin_group: group \"smx-no-such-admin\" does not exist"
+            ),
+            "{all:#?}"
+        );
+        assert!(
+            problems("[[os_profile]]\nname = \"p\"\nuser = 4294967000\n")[0]
+                .contains("no user has uid 4294967000")
         );
     }
 

@@ -4,15 +4,20 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let matches = cli::Cli::command().get_matches();
+    cli::check_usage(&matches);
+    let args = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     cli::init_logging(args.verbose);
     match cli::dispatch(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("smx: {e:#}");
+            // A config error may be several problems, one per line.
+            for line in format!("{e:#}").lines() {
+                eprintln!("smx: {line}");
+            }
             ExitCode::from(cli::EXIT_SMX_ERROR)
         }
     }

@@ -79,6 +79,115 @@ impl Identity {
                 .all(|x| *x == self.gid)
             && sorted(groups) == sorted(self.groups.clone())
     }
+
+    /// Whether a runtime must change its identity to become this one. A host that is
+    /// already this user and group but may not change its groups (no CAP_SETGID: not root)
+    /// keeps its own supplementary groups, as long as they include every group the profile
+    /// names: the runtime then runs with exactly the host's identity, which grants nothing
+    /// the host does not have, and setgroups would fail with EPERM.
+    pub fn needs_switch(&self) -> bool {
+        if self.is_current() {
+            return false;
+        }
+        let Some(current) = Current::get() else {
+            return true;
+        };
+        let keep = current.is_user(self.uid)
+            && current.is_group(self.gid)
+            && !has_capability(CAP_SETGID)
+            && self.groups.iter().all(|g| current.groups.contains(g));
+        !keep
+    }
+
+    /// Why this process cannot start a runtime with this identity, if it cannot: switching
+    /// to another user or group, or adding groups, needs root (CAP_SETUID, CAP_SETGID).
+    pub fn switch_refusal(&self) -> Option<String> {
+        if !self.needs_switch() {
+            return None;
+        }
+        let current = Current::get()?;
+        let me = User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| nix::unistd::geteuid().to_string());
+        if !current.is_user(self.uid) && !has_capability(CAP_SETUID) {
+            return Some(format!(
+                "smx runs as user {me} and cannot switch to user {} (uid {}): only root can",
+                self.user_name, self.uid
+            ));
+        }
+        if !has_capability(CAP_SETGID) {
+            if !current.is_group(self.gid) {
+                return Some(format!(
+                    "smx runs as user {me} and cannot switch to group {}: only root can",
+                    self.gid
+                ));
+            }
+            let missing: Vec<String> = self
+                .groups
+                .iter()
+                .filter(|g| !current.groups.contains(g))
+                .map(|g| g.to_string())
+                .collect();
+            if !missing.is_empty() {
+                return Some(format!(
+                    "smx runs as user {me} without the supplementary groups {} and cannot add \
+                     them: only root can",
+                    missing.join(", ")
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// The identity this process has now.
+struct Current {
+    uid: nix::unistd::ResUid,
+    gid: nix::unistd::ResGid,
+    groups: Vec<Gid>,
+}
+
+impl Current {
+    fn get() -> Option<Current> {
+        Some(Current {
+            uid: nix::unistd::getresuid().ok()?,
+            gid: nix::unistd::getresgid().ok()?,
+            groups: nix::unistd::getgroups().ok()?,
+        })
+    }
+
+    fn is_user(&self, uid: Uid) -> bool {
+        [self.uid.real, self.uid.effective, self.uid.saved]
+            .iter()
+            .all(|x| *x == uid)
+    }
+
+    fn is_group(&self, gid: Gid) -> bool {
+        [self.gid.real, self.gid.effective, self.gid.saved]
+            .iter()
+            .all(|x| *x == gid)
+    }
+}
+
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
+
+/// Whether this process has capability `cap` in its effective set (`CapEff` of
+/// /proc/self/status); without /proc, whether it is root.
+fn has_capability(cap: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+        .map_or_else(
+            || nix::unistd::geteuid().is_root(),
+            |eff| eff & (1 << cap) != 0,
+        )
 }
 
 /// An OS profile resolved in the parent, ready to be applied in the child.
@@ -306,7 +415,7 @@ impl Prepared {
             chroot: self.chroot_c.clone(),
             // Switching to the identity the host already has changes nothing, and an
             // unprivileged host could not do it (setgroups needs CAP_SETGID): skip it.
-            identity: self.identity.clone().filter(|id| !id.is_current()),
+            identity: self.identity.clone().filter(Identity::needs_switch),
             no_new_privs: self.identity.is_some(),
             umask: self.umask,
             workdir: self.workdir.clone(),

@@ -45,12 +45,20 @@ pub const MAX_SCRIPT_OCTETS: u64 = 16 << 20;
 pub struct Storage {
     root: PathBuf,
     _temp: Option<tempfile::TempDir>,
+    /// A temporary storage's lock, held while this process lives (see [`Storage::temporary`]).
+    _lock: Option<std::fs::File>,
     /// Octets one owner's scripts may take in all (0: no limit).
     quota: std::sync::atomic::AtomicU64,
 }
 
 /// `[host] storage_quota`'s default: 64 MiB per owner.
 pub const DEFAULT_QUOTA: u64 = 64 << 20;
+
+/// Names of temporary storages in the temp directory.
+const TEMP_PREFIX: &str = "smx-scripts-";
+/// The lock file at the top of a temporary storage (owner directories never start with a
+/// dot, see [`component`]).
+const TEMP_LOCK: &str = ".smx-lock";
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
     move |source| StorageError::Io {
@@ -83,15 +91,25 @@ impl Storage {
             root,
             _temp: None,
             quota: DEFAULT_QUOTA.into(),
+            _lock: None,
         })
     }
 
     /// A private storage removed when dropped, for `smx run` without a configured storage.
+    ///
+    /// A process killed outright (SIGKILL) drops nothing, so each temporary storage also
+    /// holds an flock on its lock file for as long as its process lives (the kernel
+    /// releases it however the process ends). Making a new one first removes the ones of
+    /// this user whose lock is free: the temp directory does not fill up with the storages
+    /// of killed `smx run`s and test processes.
     pub fn temporary() -> Result<Storage, StorageError> {
+        let base = std::env::temp_dir();
+        remove_stale_temporaries(&base);
         let t = tempfile::Builder::new()
-            .prefix("smx-scripts-")
+            .prefix(TEMP_PREFIX)
             .tempdir()
-            .map_err(io_err(&std::env::temp_dir()))?;
+            .map_err(io_err(&base))?;
+        let lock = lock_new(t.path()).map_err(io_err(t.path()))?;
         // Runtimes may run as the invoking user only (no OS profile), but keep it readable
         // for them regardless of umask.
         let _ = std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755));
@@ -100,6 +118,7 @@ impl Storage {
             root,
             _temp: Some(t),
             quota: DEFAULT_QUOTA.into(),
+            _lock: Some(lock),
         })
     }
 
@@ -266,6 +285,62 @@ impl Storage {
     }
 }
 
+/// Creates and locks the lock file of a new temporary storage. It gets its final name only
+/// once it is locked, so that no sweep ever finds it unlocked while its process lives.
+fn lock_new(dir: &Path) -> io::Result<std::fs::File> {
+    let fresh = dir.join(".smx-lock.new");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&fresh)?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    std::fs::rename(&fresh, dir.join(TEMP_LOCK))?;
+    Ok(f)
+}
+
+/// Removes this user's temporary storages in `base` whose lock is free: their process has
+/// ended without removing them. Ones without a lock file (being made right now, or made by
+/// an older smx) are left alone. Best effort.
+fn remove_stale_temporaries(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let uid = nix::unistd::geteuid().as_raw();
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let dir = e.path();
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() && m.uid() == uid => {}
+            _ => continue,
+        }
+        let Ok(lock) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(TEMP_LOCK))
+        else {
+            continue;
+        };
+        // SAFETY: flock on an fd we own.
+        let free = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        } == 0;
+        if free {
+            tracing::debug!("removing stale temporary storage {}", dir.display());
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,5 +413,28 @@ mod tests {
             Err(StorageError::Escape(_))
         ));
         assert!(matches!(s.resolve("noc"), Err(StorageError::NotAFile(_))));
+    }
+
+    #[test]
+    fn temporaries_of_ended_processes_are_removed() {
+        let base = tempfile::tempdir().unwrap();
+        // A storage whose process is gone: its lock file exists but nobody holds it.
+        let stale = base.path().join(format!("{TEMP_PREFIX}dead"));
+        std::fs::create_dir(&stale).unwrap();
+        drop(lock_new(&stale).unwrap());
+        // A live one (its lock held), one being made (no lock file yet), and others'.
+        let live = base.path().join(format!("{TEMP_PREFIX}live"));
+        std::fs::create_dir(&live).unwrap();
+        let held = lock_new(&live).unwrap();
+        let young = base.path().join(format!("{TEMP_PREFIX}young"));
+        std::fs::create_dir(&young).unwrap();
+        let other = base.path().join("smx-other");
+        std::fs::create_dir(&other).unwrap();
+        remove_stale_temporaries(base.path());
+        assert!(!stale.exists());
+        assert!(live.exists() && young.exists() && other.exists());
+        drop(held);
+        remove_stale_temporaries(base.path());
+        assert!(!live.exists() && young.exists());
     }
 }

@@ -874,6 +874,71 @@ def _classify(run, exc):
 
 _warned_tmp = False
 
+# The directory the runs' temporary directories are made in (None: the system's). It is
+# this process's own, and a watchdog process removes it once this one is gone, however it
+# ended: a runtime killed with SIGKILL (by the host after its shutdown grace, or by the
+# parent-death signal) leaves no /tmp/smx-run* behind.
+_tmp_parent = None
+
+
+def _start_tmp_watchdog():
+    """Makes _tmp_parent and forks its watchdog: a process in a session of its own (so
+    that a kill of this runtime's process group spares it) that holds nothing but the
+    read end of a pipe, waits for EOF (this process has exited, every fd closed), removes
+    the directory and exits. Called once, before any thread starts."""
+    global _tmp_parent
+    try:
+        parent = tempfile.mkdtemp(prefix="smx-run-")
+    except OSError:
+        return
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+    except OSError as e:
+        _log("no watchdog for %s (%s): it stays if this runtime is killed" % (parent, e))
+        _tmp_parent = parent
+        return
+    if pid == 0:
+        try:
+            os.setsid()
+            os.closerange(0, r)
+            os.closerange(r + 1, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
+            while True:
+                try:
+                    if not os.read(r, 1):
+                        break
+                except InterruptedError:
+                    continue
+            shutil.rmtree(parent, ignore_errors=True)
+        finally:
+            os._exit(0)
+    os.close(r)
+    _watchdog.extend((w, pid))  # w open until this process ends; not inherited by exec
+    _tmp_parent = parent
+
+
+# The write end of the watchdog's pipe and its pid.
+_watchdog = []
+
+
+def _stop_tmp_watchdog():
+    """At a clean exit: removes _tmp_parent, lets the watchdog go and reaps it, so that it
+    does not end up a zombie of a PID 1 that does not reap."""
+    if _tmp_parent:
+        shutil.rmtree(_tmp_parent, ignore_errors=True)
+    if not _watchdog:
+        return
+    w, pid = _watchdog
+    os.close(w)
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] or time.monotonic() > deadline:
+                return
+        except ChildProcessError:
+            return
+        _orig_sleep(0.005)
+
 
 def _run_main(run):
     global _warned_tmp
@@ -882,7 +947,7 @@ def _run_main(run):
     code, msg = GENERIC_ERROR, "internal error"
     try:
         try:
-            run.tmpdir = tempfile.mkdtemp(prefix="smx-run%d-" % run.id)
+            run.tmpdir = tempfile.mkdtemp(prefix="smx-run%d-" % run.id, dir=_tmp_parent)
             run.tmproot = os.path.realpath(run.tmpdir)
         except OSError as e:
             if not _warned_tmp:
@@ -1463,6 +1528,7 @@ def _shutdown():
         _log("run %d did not stop; exiting anyway" % run.id)
         if run.tmpdir:
             shutil.rmtree(run.tmpdir, ignore_errors=True)
+    _stop_tmp_watchdog()
     _flush_streams()
     os._exit(0)
 
@@ -1524,6 +1590,7 @@ def main():
     # command reader (and I/O-bound runs) responsive when some scripts busy-loop.
     sys.setswitchinterval(0.001)
     in_fd, out_fd = _protect_std_fds()
+    _start_tmp_watchdog()
     transport = os.environ.get("SMX_TRANSPORT", "pipe") or "pipe"
     if transport == "tcp":
         import socket

@@ -1,5 +1,6 @@
 //! Command-line definitions and dispatch. Each verb lives in its own module.
 
+mod check;
 mod conform;
 mod remote;
 mod run;
@@ -13,9 +14,29 @@ use clap::{Parser, Subcommand};
 /// Exit status when smx itself fails (bad config, refused launch, I/O).
 pub const EXIT_SMX_ERROR: u8 = 1;
 
+/// What `--help` and the man page of `smx` add after the options.
+const SMX_AFTER_HELP: &str = "\
+Files:
+  /etc/smx/smx.toml         the daemon's config file (extends the embedded default)
+  /usr/lib/smx/runtimes     the runtimes that ship with smx ({runtimes})
+  /var/lib/smx/scripts      the daemon's script storage (root)
+  /run/smx/smx.sock         the daemon's control socket (root)
+
+Environment:
+  SMX_CONFIG     config file for run, daemon, runtimes and config check
+  SMX_SOCKET     control socket of the daemon for the client verbs
+  SMX_RUNTIMES   directory of the shipped runtimes
+  RUST_LOG       log filter (overrides -v)";
+
 /// smx: a Script MIB (RFC 3165) runtime host speaking SMX/1.1 (RFC 3179).
 #[derive(Debug, Parser)]
-#[command(name = "smx", version, about, max_term_width = 100)]
+#[command(
+    name = "smx",
+    version,
+    about,
+    max_term_width = 100,
+    after_long_help = SMX_AFTER_HELP
+)]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -27,6 +48,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Verb {
     /// Run a script to completion through an in-process host and print its result.
+    #[command(after_long_help = run::EXIT_STATUS_HELP)]
     Run(run::RunArgs),
     /// Serve SMX on stdin/stdout as the `exec` runtime (started by the host).
     #[command(hide = true)]
@@ -50,11 +72,17 @@ pub enum Verb {
         #[arg(long, env = "SMX_SOCKET")]
         socket: Option<PathBuf>,
     },
+    /// Check a config file as the daemon loads it, reporting every problem.
+    Config {
+        #[command(subcommand)]
+        command: ConfigVerb,
+    },
     /// List the runs the daemon knows (smRunTable) that you may see.
     Ps {
         /// Only this owner's runs.
         #[arg(long)]
         owner: Option<String>,
+        /// Print the rows as one JSON array.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -62,10 +90,12 @@ pub enum Verb {
     },
     /// Show every column of one run.
     Status {
+        /// The run id, as `smx ps` shows it.
         run: smx::proto::RunId,
         /// Ask the runtime for the current state first (SMX `status`).
         #[arg(long)]
         refresh: bool,
+        /// Print the row as one JSON object.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -73,38 +103,44 @@ pub enum Verb {
     },
     /// Suspend a run (smRunControl suspend).
     Suspend {
+        /// The run id.
         run: smx::proto::RunId,
         #[command(flatten)]
         socket: remote::SocketArg,
     },
     /// Resume a suspended run (smRunControl resume).
     Resume {
+        /// The run id.
         run: smx::proto::RunId,
         #[command(flatten)]
         socket: remote::SocketArg,
     },
     /// Abort a run (smRunControl abort); it ends with halted.
     Abort {
+        /// The run id.
         run: smx::proto::RunId,
         #[command(flatten)]
         socket: remote::SocketArg,
     },
     /// Change a run's lifetime (smRunLifeTime) and/or expire time (smRunExpireTime).
     Set {
+        /// The run id.
         run: smx::proto::RunId,
         /// Seconds the run may still execute; 0 aborts it now.
-        #[arg(long)]
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = parse_seconds)]
         lifetime: Option<u64>,
         /// Seconds the row stays after the run terminated; 0 removes it then.
-        #[arg(long)]
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = parse_seconds)]
         expire: Option<u64>,
         #[command(flatten)]
         socket: remote::SocketArg,
     },
     /// Follow the daemon's run events (state changes, results, errors, terminations).
     Events {
+        /// Only events of this owner's runs.
         #[arg(long)]
         owner: Option<String>,
+        /// Only events of this run.
         #[arg(long)]
         run: Option<smx::proto::RunId>,
         /// One JSON object per event.
@@ -115,9 +151,82 @@ pub enum Verb {
     },
     /// List the runtimes of the effective configuration (smLangTable).
     Runtimes {
+        /// Config file extending the embedded default.
         #[arg(long, env = "SMX_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Print a shell completion script (source it, or install it where your shell looks).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (smx.1, smx-run.1, ...) into a directory (for packaging).
+    #[command(hide = true)]
+    Manpages {
+        /// The directory to write them into.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigVerb {
+    /// Load the config as `smx daemon` would and report every problem with file:line:column.
+    Check {
+        /// The config file (default: SMX_CONFIG, else the embedded default alone).
+        #[arg(env = "SMX_CONFIG")]
+        file: Option<PathBuf>,
+    },
+}
+
+/// `cmd` without its hidden verbs (`exec-runtime`, `manpages`), which clap_complete
+/// would otherwise offer: completions are for what `--help` shows.
+fn without_hidden(cmd: &clap::Command) -> clap::Command {
+    let mut out = clap::Command::new(cmd.get_name().to_owned())
+        .args(cmd.get_arguments().cloned())
+        .subcommands(
+            cmd.get_subcommands()
+                .filter(|s| !s.is_hide_set())
+                .map(without_hidden),
+        );
+    if let Some(about) = cmd.get_about() {
+        out = out.about(about.clone());
+    }
+    if let Some(v) = cmd.get_version() {
+        out = out.version(v.to_owned());
+    }
+    out
+}
+
+/// Largest number of seconds a TimeInterval holds (2147483647 centi-seconds).
+pub const MAX_SECONDS: u64 = 21_474_836;
+
+/// Seconds for smLaunchLifeTime, smRunLifeTime and smRunExpireTime: a whole number from 0
+/// to [`MAX_SECONDS`].
+pub fn parse_seconds(s: &str) -> Result<u64, String> {
+    let range = format!("must be a whole number of seconds from 0 to {MAX_SECONDS}");
+    match s.trim().parse::<i128>() {
+        Ok(n) if (0..=i128::from(MAX_SECONDS)).contains(&n) => Ok(n as u64),
+        Ok(_) => Err(format!("out of range: {range}")),
+        Err(_) => Err(range),
+    }
+}
+
+/// Usage errors clap cannot express (they exit with status 2, as clap's own do).
+pub fn check_usage(matches: &clap::ArgMatches) {
+    use clap::CommandFactory;
+    use clap::parser::ValueSource;
+    if let Some(("run", m)) = matches.subcommand()
+        && m.get_flag("daemon")
+        && m.value_source("config") == Some(ValueSource::CommandLine)
+    {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--config cannot be used with --daemon: the daemon runs the script with its own \
+                 configuration (give it to `smx daemon --config`)",
+            )
+            .exit();
+    }
 }
 
 pub fn init_logging(verbose: u8) {
@@ -194,6 +303,21 @@ pub fn dispatch(cli: Cli) -> anyhow_lite::Result<ExitCode> {
             current_thread()?.block_on(smx::exec::serve(smx::exec::Options { profiles, grace }))?;
             Ok(ExitCode::SUCCESS)
         }
+        Verb::Config {
+            command: ConfigVerb::Check { file },
+        } => check::check(file.as_deref()),
+        Verb::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = without_hidden(&Cli::command());
+            clap_complete::generate(shell, &mut cmd, "smx", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Manpages { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(Cli::command(), &dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Verb::Runtimes { config } => {
             let config = smx::config::Config::load_optional(config.as_deref())?;
             println!(
@@ -233,9 +357,53 @@ pub mod anyhow_lite {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     #[test]
     fn clap_definitions_are_consistent() {
-        use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// Every verb and every option an operator can see says what it is for (`--help`, the
+    /// man pages and the completions are made from these texts).
+    #[test]
+    fn every_visible_verb_and_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !a.is_hide_set() && !builtin && a.get_help().is_none() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(p.clone());
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut cmd = super::Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "smx", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn seconds_are_range_checked() {
+        assert_eq!(super::parse_seconds("0"), Ok(0));
+        assert_eq!(super::parse_seconds("21474836"), Ok(21_474_836));
+        let e = super::parse_seconds("-1").unwrap_err();
+        assert!(
+            e.contains("out of range") && e.contains("0 to 21474836"),
+            "{e}"
+        );
+        assert!(super::parse_seconds("21474837").is_err());
+        assert!(
+            super::parse_seconds("soon")
+                .unwrap_err()
+                .contains("whole number")
+        );
     }
 }

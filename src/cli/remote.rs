@@ -27,6 +27,26 @@ impl SocketArg {
     pub async fn connect(&self) -> Result<Client> {
         Ok(Client::connect(&socket_path(self.socket.as_deref())).await?)
     }
+
+    /// Connects, waiting up to 3 s for a daemon that is starting (no socket yet, or not
+    /// listening yet), so that `smx daemon & smx run --daemon SCRIPT` works.
+    pub async fn connect_soon(&self) -> Result<Client> {
+        let path = socket_path(self.socket.as_deref());
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            match Client::connect(&path).await {
+                Err(smx::client::ClientError::NotRunning { source, .. })
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                r => return Ok(r?),
+            }
+        }
+    }
 }
 
 /// A short age such as `42s`, `5m`, `3h`, `2d`.
@@ -78,12 +98,22 @@ pub async fn ps(sock: SocketArg, owner: Option<String>, json: bool) -> Result<Ex
             r.name,
             r.runtime,
             r.state.mib_name(),
-            r.exit_code.mib_name(),
+            exit_column(r),
             age(r.start_time),
             head(&r.result, 40)
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// smRunExitCode as a person reads it: nothing until the run has ended (the MIB's noError
+/// of a running script says nothing yet).
+fn exit_column(r: &RunInfo) -> String {
+    if r.is_terminated() {
+        r.exit_code.mib_name().to_string()
+    } else {
+        "-".to_owned()
+    }
 }
 
 fn print_row(r: &RunInfo, json: bool) -> Result<()> {
@@ -124,7 +154,11 @@ fn print_row(r: &RunInfo, json: bool) -> Result<()> {
     )?;
     writeln!(out, "argument:    {}", r.argument)?;
     writeln!(out, "state:       {}", r.state)?;
-    writeln!(out, "exit_code:   {}", r.exit_code)?;
+    if r.is_terminated() {
+        writeln!(out, "exit_code:   {}", r.exit_code)?;
+    } else {
+        writeln!(out, "exit_code:   - (not ended)")?;
+    }
     writeln!(out, "result:      {}", r.result)?;
     writeln!(out, "error:       {}", r.error)?;
     writeln!(out, "start_time:  {}", time(Some(r.start_time)))?;
@@ -258,7 +292,7 @@ pub async fn events(
 /// `smx run --daemon`: install the script in the daemon's storage, launch it, show its
 /// results as they come, and wait for it to end.
 pub async fn run_remote(sock: SocketArg, args: super::run::RunArgs) -> Result<ExitCode> {
-    let mut c = sock.connect().await?;
+    let mut c = sock.connect_soon().await?;
     let owner = match &args.owner {
         Some(o) => o.clone(),
         None => c.whoami().await?.user,
@@ -289,34 +323,61 @@ pub async fn run_remote(sock: SocketArg, args: super::run::RunArgs) -> Result<Ex
         })
         .await?;
     let run = launched.run_id;
+    let mut progress = super::run::Progress::default();
+    let mut aborted = false;
     let finished = loop {
         let n = tokio::select! {
             n = c.next_event() => n?,
-            _ = tokio::signal::ctrl_c() => {
+            _ = tokio::signal::ctrl_c(), if !aborted => {
+                aborted = true;
                 eprintln!("smx: interrupted, aborting run {run}");
                 let _ = c.abort(run).await;
                 continue;
             }
         };
-        match n {
-            Notice::Event(e) if e.run_id == run => match e.kind {
-                EventKind::Terminated { .. } => break c.run(run).await?,
-                kind => super::run::show_progress(&kind),
-            },
-            // Events were dropped, perhaps the termination: the row says where the run is.
-            Notice::Lagged(n) => {
-                eprintln!("smx: ({n} events not shown)");
-                if c.run(run).await?.is_terminated() {
-                    break c.wait(run).await?;
+        let mut next = Some(n);
+        let mut ended = false;
+        while let Some(n) = next.take() {
+            match n {
+                Notice::Event(e) if e.run_id == run => {
+                    if progress.take(e.kind) {
+                        ended = true;
+                        break;
+                    }
                 }
+                // Events were dropped, perhaps the termination: the row says where the run is.
+                Notice::Lagged(n) => {
+                    progress.flush();
+                    eprintln!("smx: ({n} events not shown)");
+                    if c.run(run).await?.is_terminated() {
+                        ended = true;
+                        break;
+                    }
+                }
+                Notice::Shutdown => {
+                    progress.flush();
+                    return Err("the daemon shut down before the run ended".into());
+                }
+                Notice::Event(_) => {}
             }
-            Notice::Shutdown => return Err("the daemon shut down before the run ended".into()),
-            Notice::Event(_) => {}
+            // A line already on its way (a final result's termination is written with
+            // it) is looked at before what is held back is shown.
+            next = match tokio::time::timeout(PEEK, c.next_event()).await {
+                Ok(n) => Some(n?),
+                Err(_) => None,
+            };
         }
+        if ended {
+            break c.wait(run).await?;
+        }
+        progress.flush();
     };
     super::run::print_outcome(&finished, args.json)?;
     Ok(ExitCode::from(super::run::exit_status(finished.exit_code)))
 }
+
+/// How long `smx run --daemon` waits for the line after a result before showing it.
+const PEEK: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn file_name(p: &Path) -> String {
     p.file_name()

@@ -138,8 +138,15 @@ pub async fn run(
     socket_flag: Option<PathBuf>,
 ) -> Result<(), DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let config = Config::load_optional(config_path.as_deref())?;
-    let socket = socket_path(socket_flag.as_deref(), &config);
+    // First of all: a SIGTERM that arrives while the daemon is starting is then acted on
+    // (a clean, prompt exit) instead of killing it half-way, socket file left behind.
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    // The same checks as `smx config check`: every problem, and users and groups that do
+    // not exist, refuse the start.
+    let config = Config::load_checked(config_path.as_deref())?;
+    let socket = absolute(socket_path(socket_flag.as_deref(), &config))?;
     let storage_dir = config.host.storage.clone().unwrap_or_else(default_storage);
     let storage = Storage::open(&storage_dir)?;
     let admin_gid = config
@@ -155,9 +162,6 @@ pub async fn run(
         .map(|g| group_gid("socket_group", g))
         .transpose()?;
     let listener = bind(&socket, socket_gid)?;
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     let store = match &config.host.state_dir {
         Some(dir) => Some(crate::mib::store::Store::open(dir)?),
         None => None,
@@ -226,6 +230,17 @@ pub async fn run(
     }
     tracing::info!("smx daemon stopped");
     Ok(())
+}
+
+/// `path` made absolute against the working directory: a relative `--socket r.sock` is
+/// bound, logged and removed as the same file.
+fn absolute(path: PathBuf) -> Result<PathBuf, DaemonError> {
+    if path.is_absolute() {
+        return Ok(path);
+    }
+    std::env::current_dir()
+        .map(|d| d.join(&path))
+        .map_err(|source| DaemonError::Socket { path, source })
 }
 
 /// The pause after a failed accept: 5 ms, doubling up to 250 ms, back to 5 ms after a
@@ -348,7 +363,7 @@ fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, DaemonError> {
 }
 
 fn reload(shared: &Shared) -> Result<(), String> {
-    let config = Config::load_optional(shared.config_path.as_deref()).map_err(|e| e.to_string())?;
+    let config = Config::load_checked(shared.config_path.as_deref()).map_err(|e| e.to_string())?;
     let admin = config
         .control
         .admin_group
@@ -839,6 +854,18 @@ impl WithIndex for ErrorBody {
     }
 }
 
+/// Whether a launch for `owner` runs as the daemon's own user without an OS profile, as
+/// `smx run` does: only on the embedded default (no config file, so no owner mapping was
+/// ever written), only for the caller's own owner name, and only when the caller is the
+/// user the daemon runs as. That escalates nothing: the caller could run the script
+/// itself. Every other owner still needs an [[owner]] entry.
+fn runs_as_itself(config: &Config, peer: &Peer, owner: &str) -> bool {
+    config.source.is_none()
+        && config.owner(owner).is_none()
+        && owner == peer.user
+        && peer.uid == nix::unistd::geteuid().as_raw()
+}
+
 /// The row of a run the peer may act on.
 fn owned_run(shared: &Shared, peer: &Peer, run: RunId, op: &str) -> Result<RunInfo, ErrorBody> {
     let no_run = || fail(ErrorCode::NoSuchRun, format!("no run {run}"));
@@ -933,7 +960,7 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
             if let Some(n) = p.name {
                 req.name = n;
             }
-            req.owner = Some(p.owner);
+            req.owner = (!runs_as_itself(&host.config(), peer, &p.owner)).then_some(p.owner);
             req.runtime = p.runtime;
             req.argument = p.argument;
             req.lifetime = p.lifetime;

@@ -1,0 +1,38 @@
+//! `smx config check [FILE]`: the config as `smx daemon` loads it, every problem reported.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use smx::config::Config;
+
+use super::anyhow_lite::Result;
+
+/// Loads `file` (or the embedded default alone) with [`Config::load_checked`], the function
+/// the daemon starts and reloads with. Problems go to stderr, one per line as
+/// `FILE:LINE:COLUMN: KEY: MESSAGE`; exit status 1 if there are any.
+pub fn check(file: Option<&Path>) -> Result<ExitCode> {
+    let name = file.map_or_else(|| "<embedded>".to_owned(), |f| f.display().to_string());
+    match Config::load_checked(file) {
+        Ok(c) => {
+            println!(
+                "{name}: ok ({} runtimes, {} os profiles, {} owners)",
+                c.runtimes.len(),
+                c.os_profiles.len(),
+                c.owners.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let problems = e.problems();
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            let n = problems.len();
+            eprintln!(
+                "smx: {name}: {n} problem{}; smx daemon would refuse to start with it",
+                if n == 1 { "" } else { "s" }
+            );
+            Ok(ExitCode::from(super::EXIT_SMX_ERROR))
+        }
+    }
+}
