@@ -1776,7 +1776,8 @@ async fn peer_credentials_decide_who_may_do_what() {
             if about_run {
                 o.stderr.contains("no_such_run") && o.stderr.contains(&format!("no run {rr}"))
             } else {
-                o.stderr.contains("not_permitted") && o.stderr.contains("user smxt-ctl may not")
+                o.stderr.contains("not_permitted")
+                    && o.stderr.contains("user smxt-ctl may not use `")
             },
             "{args:?}: {o:#?}"
         );

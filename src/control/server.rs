@@ -784,7 +784,7 @@ fn refuse(peer: &Peer, op: &str, owner: &str) -> ErrorBody {
     tracing::warn!(user = %peer.user, uid = peer.uid, op, owner, "refused: not permitted to act for this owner");
     fail(
         ErrorCode::NotPermitted,
-        format!("user {} may not {op} for owner {owner:?}", peer.user),
+        format!("user {} may not use `{op}` for owner {owner:?}", peer.user),
     )
 }
 
