@@ -17,6 +17,112 @@ use crate::host::{StartError, start_runtime};
 use crate::proto::{ExitCode, Id, Negative, Octets, Profile, Reply, RunId, RunState};
 use crate::security::Prepared;
 
+/// The golden vectors (`tests/vectors/smx.txt`), embedded: one command each and the answer
+/// RFC 3179 section 6.1 prescribes. The file's header describes the format.
+pub const VECTORS: &str = include_str!("../tests/vectors/smx.txt");
+
+/// One golden vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vector {
+    /// Its line in the file (1-based).
+    pub line: usize,
+    /// The RFC 3179 section whose rule gives the answer.
+    pub section: &'static str,
+    /// COMMAND as written in the file (escapes not decoded).
+    pub text: &'static str,
+    /// The message as sent, terminator included.
+    pub command: Vec<u8>,
+    /// ANSWER as written in the file.
+    pub answer_text: &'static str,
+    /// The reply a runtime sends; `None` when it discards the message.
+    pub answer: Option<Reply>,
+}
+
+/// The embedded golden vectors.
+pub fn vectors() -> Result<Vec<Vector>, String> {
+    parse_vectors(VECTORS)
+}
+
+/// Parses a vector file: `SECTION | COMMAND | ANSWER` per line, `#` comments. Every ANSWER
+/// must be written canonically (as smx encodes it), so that a byte comparison is fair.
+pub fn parse_vectors(text: &'static str) -> Result<Vec<Vector>, String> {
+    const SEP: &str = " | ";
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let err = |why: String| format!("tests/vectors/smx.txt:{line}: {why}");
+        if raw.is_empty() || raw.starts_with('#') {
+            continue;
+        }
+        if !raw.is_ascii() {
+            return Err(err("not ASCII".into()));
+        }
+        let (Some(a), Some(b)) = (raw.find(SEP), raw.rfind(SEP)) else {
+            return Err(err("expected SECTION | COMMAND | ANSWER".into()));
+        };
+        if b <= a {
+            return Err(err("expected SECTION | COMMAND | ANSWER".into()));
+        }
+        let (section, text, answer_text) =
+            (&raw[..a], &raw[a + SEP.len()..b], &raw[b + SEP.len()..]);
+        if section.is_empty() || !section.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+            return Err(err(format!("bad SECTION {section:?}")));
+        }
+        let mut command = unescape_vector(text).map_err(err)?;
+        match command.iter().position(|&c| c == b'\n') {
+            None => command.extend_from_slice(b"\r\n"),
+            Some(p) if p + 1 == command.len() => {}
+            Some(_) => return Err(err("<0A> only at the end of COMMAND".into())),
+        }
+        let answer = if answer_text == "discard" {
+            None
+        } else {
+            let wire = format!("{answer_text}\r\n");
+            let r = Reply::decode(wire.as_bytes())
+                .map_err(|e| err(format!("ANSWER {answer_text:?}: {e}")))?;
+            if r.to_bytes() != wire.as_bytes() {
+                return Err(err(format!(
+                    "ANSWER {answer_text:?} is not written canonically"
+                )));
+            }
+            if r.id().is_none() {
+                return Err(err(format!(
+                    "ANSWER {answer_text:?} is not a reply to a command"
+                )));
+            }
+            Some(r)
+        };
+        out.push(Vector {
+            line,
+            section,
+            text,
+            command,
+            answer_text,
+            answer,
+        });
+    }
+    Ok(out)
+}
+
+/// COMMAND's escapes: `<XX>` (two upper-case hex digits) is the octet 0xXX.
+fn unescape_vector(text: &str) -> Result<Vec<u8>, String> {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| matches!(c, b'0'..=b'9' | b'A'..=b'F');
+        if b[i] == b'<' && i + 3 < b.len() && hex(b[i + 1]) && hex(b[i + 2]) && b[i + 3] == b'>' {
+            let v = u8::from_str_radix(&text[i + 1..i + 3], 16).map_err(|e| e.to_string())?;
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
 /// What to test.
 #[derive(Debug, Clone)]
 pub struct Options {
