@@ -159,6 +159,15 @@ proc ::smx::AtEnd {} {
     return [expr {$P == [string length $L]}]
 }
 
+# A field ends at WSP, CR, LF or the end of the line, as a token does: `"a"x` or `ABZZ` is
+# one bad field (so start blames the right parameter, section 6.1.2 item 1), not a good
+# field followed by junk.
+proc ::smx::FieldEnd {} {
+    upvar 1 L L P P
+    set c [string index $L $P]
+    return [expr {$c eq "" || $c eq " " || $c eq "\t" || $c eq "\r" || $c eq "\n"}]
+}
+
 # QuotedString at P; sets the decoded value in var, returns 0 on a syntax error.
 proc ::smx::Quoted {var} {
     upvar 1 L L P P $var value
@@ -211,6 +220,8 @@ proc ::smx::Dispatch {line} {
         Discard $line
         return
     }
+    # Replies carry the Id as a number (007 is 7), as the other runtimes write it.
+    set id [Canon $id]
     set word [string tolower $word]
     switch -exact -- $word {
         hello {
@@ -224,11 +235,11 @@ proc ::smx::Dispatch {line} {
             if {![Wsp]} { Send "431 $id"; return }
             set run [Token]
             if {![IsDigits $run]} { Send "431 $id"; return }
-            if {![Wsp] || ![Quoted script]} { Send "421 $id"; return }
+            if {![Wsp] || ![Quoted script] || ![FieldEnd]} { Send "421 $id"; return }
             if {![Wsp]} { Send "432 $id"; return }
             set profile [Token]
             if {![regexp {^[0-9A-Za-z./:_-]+$} $profile]} { Send "432 $id"; return }
-            if {![Wsp] || ![Value argument]} { Send "433 $id"; return }
+            if {![Wsp] || ![Value argument] || ![FieldEnd]} { Send "433 $id"; return }
             if {![AtEnd]} { Send "401 $id"; return }
             Start $id [Canon $run] $script $profile $argument
         }
@@ -369,7 +380,7 @@ proc ::smx::Start {id run script profile argument} {
         set script ./$script
     }
     if {[catch {
-        if {![file isfile $script]} {
+        if {![DirsOnTheWay $script] || ![file isfile $script]} {
             error "not a regular file"
         }
         set f [open $script r]
@@ -409,6 +420,20 @@ proc ::smx::Start {id run script profile argument} {
         lappend Order $run
         Send "231 $id 1"
     }
+}
+
+# Whether every component of a file name but the last is a directory, as open(2) requires.
+# Tcl's file commands normalize a name first (to them "/etc/passwd/." and "/etc/passwd/x/.."
+# are /etc/passwd), so a name that names no file would otherwise be read as a script.
+proc ::smx::DirsOnTheWay {path} {
+    set prefix ""
+    foreach part [lrange [split $path /] 0 end-1] {
+        append prefix $part /
+        if {![file isdirectory $prefix]} {
+            return 0
+        }
+    }
+    return 1
 }
 
 proc ::smx::Known {id run} {
@@ -1133,4 +1158,7 @@ proc ::smx::MasterBgError {msg opts} {
     Log "background error: [dict get $opts -errorinfo]"
 }
 
-::smx::Main
+# A test that sources this file (smx_runtime.test) sets ::smx_runtime_no_main first.
+if {![info exists ::smx_runtime_no_main]} {
+    ::smx::Main
+}
