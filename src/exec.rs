@@ -1,7 +1,8 @@
 //! The `exec` runtime: runs executable files (shell scripts with a shebang, binaries).
 //!
 //! It is part of the `smx` binary (`smx exec-runtime`) but the host starts it like any other
-//! runtime, as a separate process speaking SMX/1.1 on stdin/stdout (RFC 3179 section 6.1).
+//! runtime, as a separate process speaking SMX/1.1 (RFC 3179 section 6.1) on stdin/stdout,
+//! or, with `SMX_TRANSPORT=tcp`, on a connection back to the host (section 8.2).
 //! Each run is a child process in its own process group, so suspend (SIGSTOP), resume
 //! (SIGCONT) and abort (SIGTERM, then SIGKILL after a grace period) reach the whole tree.
 //!
@@ -32,8 +33,8 @@ use tokio::task::JoinSet;
 
 use crate::framing::{DEFAULT_MAX_LINE, Frame, LineReader};
 use crate::proto::{
-    Command, ExitCode, Id, MAX_RESULT_OCTETS, Negative, Octets, Profile, Quoted, Reply, RunId,
-    RunState, Version,
+    Authenticator, Command, ExitCode, Id, MAX_RESULT_OCTETS, Negative, Octets, Profile, Quoted,
+    Reply, RunId, RunState, Version,
 };
 
 /// The fd number scripts write their reports to.
@@ -145,11 +146,15 @@ struct RunSlot {
     task: tokio::task::Id,
 }
 
-/// Serves SMX on stdin/stdout until stdin closes, then aborts every run and returns.
+/// Serves SMX until the channel closes, then aborts every run and returns. The channel is
+/// stdin/stdout, or with `SMX_TRANSPORT=tcp` a connection to `SMX_HOST:SMX_PORT`.
 pub async fn serve(opts: Options) -> io::Result<()> {
+    let (input, mut output, auth) = match std::env::var("SMX_TRANSPORT").as_deref() {
+        Ok("tcp") => connect_tcp().await?,
+        _ => (stdio_in(), stdio_out(), None),
+    };
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
     let writer = tokio::spawn(async move {
-        let mut stdout = stdio_out();
         while let Some(mut buf) = out_rx.recv().await {
             // Coalesce what is queued into one write, up to a bound: senders refill the
             // queue as it drains, and the buffer must not become the unbounded queue.
@@ -157,7 +162,7 @@ pub async fn serve(opts: Options) -> io::Result<()> {
                 let Ok(more) = out_rx.try_recv() else { break };
                 buf.extend_from_slice(&more);
             }
-            if stdout.write_all(&buf).await.is_err() || stdout.flush().await.is_err() {
+            if output.write_all(&buf).await.is_err() || output.flush().await.is_err() {
                 break;
             }
         }
@@ -165,7 +170,7 @@ pub async fn serve(opts: Options) -> io::Result<()> {
     let mut runs: HashMap<RunId, RunSlot> = HashMap::new();
     // One task per run, each yielding its RunId when it ends; at most one per slot in `runs`.
     let mut tasks: JoinSet<RunId> = JoinSet::new();
-    let mut input = LineReader::new(stdio_in(), DEFAULT_MAX_LINE);
+    let mut input = LineReader::new(input, DEFAULT_MAX_LINE);
     loop {
         tokio::select! {
             frame = input.next() => {
@@ -179,7 +184,7 @@ pub async fn serve(opts: Options) -> io::Result<()> {
                 };
                 // Waits while the output queue is full: a host that does not read our
                 // replies stops being read.
-                handle(&line, &opts, &mut runs, &mut tasks, &out_tx).await;
+                handle(&line, &opts, auth.as_ref(), &mut runs, &mut tasks, &out_tx).await;
             }
             Some(done) = tasks.join_next_with_id() => match done {
                 Ok((_, run)) => {
@@ -192,7 +197,7 @@ pub async fn serve(opts: Options) -> io::Result<()> {
             },
         }
     }
-    // Stdin closed: the host asks us to terminate every run and exit (RFC 3179 5.2).
+    // The channel closed: the host asks us to terminate every run and exit (RFC 3179 5.2).
     let deadline = tokio::time::Instant::now() + opts.grace + Duration::from_secs(5);
     for slot in runs.values() {
         // Waits for room: a live run keeps taking controls; an ended one fails at once.
@@ -206,9 +211,65 @@ pub async fn serve(opts: Options) -> io::Result<()> {
     Ok(())
 }
 
+type Input = Box<dyn AsyncRead + Send + Unpin>;
+type Output = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// RFC 3179 8.2: connects to the host and learns the cookie its `211` must carry.
+async fn connect_tcp() -> io::Result<(Input, Output, Option<Authenticator>)> {
+    let auth = read_cookie();
+    let host = std::env::var("SMX_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let port = std::env::var("SMX_PORT").unwrap_or_default();
+    let failed = |why: String| {
+        io::Error::other(format!(
+            "cannot connect to the host at {host}:{port}: {why}"
+        ))
+    };
+    let port_n: u16 = port
+        .parse()
+        .map_err(|_| failed("SMX_PORT is not a port".into()))?;
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port_n))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    stream.set_nodelay(true)?;
+    let (r, w) = stream.into_split();
+    Ok((Box::new(r), Box::new(w), auth))
+}
+
+/// The cookie, hex: read to EOF from the inherited fd `SMX_COOKIE_FD` (then closed), else
+/// `SMX_COOKIE` (RFC 2593 style). Without one, `hello` is answered without Authenticator
+/// and the host closes the connection, which is the right outcome.
+fn read_cookie() -> Option<Authenticator> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let text = match std::env::var("SMX_COOKIE_FD") {
+        Ok(fd) => {
+            let fd: i32 = fd.parse().ok().filter(|&fd| fd > 2)?;
+            // SAFETY: F_GETFD only asks whether the fd is open.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+                tracing::error!("SMX_COOKIE_FD={fd} is not an open file descriptor");
+                return None;
+            }
+            // SAFETY: the fd is open, inherited for this purpose, and owned (and closed) here.
+            let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+            let mut s = String::new();
+            if let Err(e) = f.read_to_string(&mut s) {
+                tracing::error!("cannot read the cookie from fd {fd}: {e}");
+                return None;
+            }
+            s
+        }
+        Err(_) => std::env::var("SMX_COOKIE").ok()?,
+    };
+    let auth = hex::decode(text.trim()).ok().and_then(Authenticator::new);
+    if auth.is_none() {
+        tracing::error!("the cookie is not a HexString; answering hello without it");
+    }
+    auth
+}
+
 /// stdin as a non-blocking pipe when it is one (the host's case: no thread hop per read),
 /// else tokio's blocking-thread stdin.
-fn stdio_in() -> Box<dyn AsyncRead + Send + Unpin> {
+fn stdio_in() -> Input {
     let fd = std::io::stdin().as_fd().try_clone_to_owned();
     match fd.map(tokio::net::unix::pipe::Receiver::from_owned_fd) {
         Ok(Ok(r)) => Box::new(r),
@@ -217,7 +278,7 @@ fn stdio_in() -> Box<dyn AsyncRead + Send + Unpin> {
 }
 
 /// stdout as a non-blocking pipe when it is one, else tokio's blocking-thread stdout.
-fn stdio_out() -> Box<dyn tokio::io::AsyncWrite + Send + Unpin> {
+fn stdio_out() -> Output {
     let fd = std::io::stdout().as_fd().try_clone_to_owned();
     match fd.map(tokio::net::unix::pipe::Sender::from_owned_fd) {
         Ok(Ok(w)) => Box::new(w),
@@ -228,6 +289,7 @@ fn stdio_out() -> Box<dyn tokio::io::AsyncWrite + Send + Unpin> {
 async fn handle(
     line: &[u8],
     opts: &Options,
+    auth: Option<&Authenticator>,
     runs: &mut HashMap<RunId, RunSlot>,
     tasks: &mut JoinSet<RunId>,
     out: &Out,
@@ -249,7 +311,7 @@ async fn handle(
                 Reply::Hello {
                     id,
                     version: Version::V1_1,
-                    auth: None,
+                    auth: auth.cloned(),
                 },
             )
             .await
@@ -417,6 +479,10 @@ fn spawn_script(
         .env("SMX_SCRIPT", path)
         .env("SMX_REPORT_FD", REPORT_FD.to_string())
         .env_remove("SMX_TRANSPORT")
+        .env_remove("SMX_HOST")
+        .env_remove("SMX_PORT")
+        .env_remove("SMX_COOKIE")
+        .env_remove("SMX_COOKIE_FD")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -37,6 +37,46 @@ async fn run_on(h: &Host, script: &str, runtime: &str) -> RunInfo {
     finish(h, id, 30).await
 }
 
+/// RFC 3179 8.2 (and the README: "all shipped runtimes pass over both transports"): the
+/// exec runtime connects back, proves the cookie from SMX_COOKIE_FD or, with
+/// `cookie = "env"`, from SMX_COOKIE, and runs scripts; the scripts see neither the cookie
+/// nor where it came from.
+#[tokio::test]
+async fn exec_runtime_serves_over_tcp_with_either_cookie() {
+    let h = exec_host();
+    let script = install(
+        &h,
+        "env.sh",
+        "#!/bin/sh\necho \"result half\" >&3\nenv | grep -c '^SMX_\\(COOKIE\\|COOKIE_FD\\|HOST\\|PORT\\|TRANSPORT\\)=' || true\n",
+        true,
+    );
+    for runtime in ["exec-tcp", "exec-tcp-env"] {
+        let r = run_on(&h, &script, runtime).await;
+        assert_eq!(
+            (r.state, r.exit_code, r.error.as_str()),
+            (RunState::Terminated, ExitCode::NoError, ""),
+            "{runtime}: {r:?}"
+        );
+        assert_eq!(
+            r.result.as_bytes(),
+            b"0",
+            "{runtime}: the script sees no SMX_COOKIE*, SMX_HOST, SMX_PORT, SMX_TRANSPORT"
+        );
+    }
+    // Suspend, resume and abort over TCP too.
+    let sleeper = install(&h, "sleep.sh", "#!/bin/sh\nexec sleep 30\n", true);
+    let id = h
+        .launch(request(&sleeper, Some("exec-tcp")))
+        .expect("launch");
+    reach(&h, id, RunState::Executing).await;
+    assert_eq!(h.suspend(id).await.unwrap().state, RunState::Suspended);
+    assert_eq!(h.resume(id).await.unwrap().state, RunState::Executing);
+    h.abort(id).await.unwrap();
+    let r = finish(&h, id, 10).await;
+    assert_eq!(r.exit_code, ExitCode::Halted, "{r:?}");
+    h.shutdown().await;
+}
+
 /// RFC 3179 6.1.2 items 3-5: a file the runtime can read is a script (no 421), whose
 /// profile is then checked (432); one without execute permission then fails to start with
 /// a 536 that says so and genericError, as the README's table says, not with a 421 that
