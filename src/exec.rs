@@ -61,6 +61,8 @@ pub struct Options {
 /// | exit status 71 (EX_OSERR), killed by SIGXCPU or SIGXFSZ | noResourcesLeft |
 /// | exit status 2 with "syntax error" on stderr (shells) | languageError |
 /// | any other exit status, any other signal | runtimeError |
+///
+/// `stderr_tail` is the last lines the script wrote to stderr (see [`syntax_error_line`]).
 pub fn exit_code_for(
     status: std::process::ExitStatus,
     aborted: bool,
@@ -74,12 +76,25 @@ pub fn exit_code_for(
         (Some(64 | 65), _) => ExitCode::InvalidArgument,
         (Some(77), _) => ExitCode::SecurityViolation,
         (Some(71), _) => ExitCode::NoResourcesLeft,
-        (Some(2), _) if stderr_tail.to_ascii_lowercase().contains("syntax error") => {
-            ExitCode::LanguageError
-        }
+        (Some(2), _) if syntax_error_line(stderr_tail).is_some() => ExitCode::LanguageError,
         (None, Some(libc::SIGXCPU | libc::SIGXFSZ)) => ExitCode::NoResourcesLeft,
         _ => ExitCode::RuntimeError,
     }
+}
+
+/// Stderr lines a shell's syntax error may be in: dash writes one line, bash two (the error,
+/// then the offending line quoted).
+const SYNTAX_ERROR_LINES: usize = 2;
+
+/// The line of `stderr_tail` (its last [`SYNTAX_ERROR_LINES`] non-empty lines) that reports
+/// a shell syntax error, if any.
+pub fn syntax_error_line(stderr_tail: &str) -> Option<&str> {
+    stderr_tail
+        .lines()
+        .rev()
+        .filter(|l| !l.trim().is_empty())
+        .take(SYNTAX_ERROR_LINES)
+        .find(|l| l.to_ascii_lowercase().contains("syntax error"))
 }
 
 /// A file the runtime may read but not execute: it is a script (RFC 3179 6.1.2 item 3), it
@@ -671,7 +686,7 @@ async fn supervise(
     let ((mut result, cut), (err, _)) = tokio::time::timeout_at(collect_until, collect)
         .await
         .unwrap_or_default();
-    let tail = last_line(&err);
+    let lines = last_lines(&err, SYNTAX_ERROR_LINES);
     let status = match status {
         Ok(s) => s,
         Err(e) => {
@@ -703,7 +718,12 @@ async fn supervise(
             return;
         }
     };
-    let code = exit_code_for(status, aborted, &tail);
+    let code = exit_code_for(status, aborted, &lines);
+    // The error text: a shell's syntax error message, else the last line of stderr.
+    let tail = match code {
+        ExitCode::LanguageError => syntax_error_line(&lines).unwrap_or_default().trim(),
+        _ => lines.lines().next_back().unwrap_or_default(),
+    };
     if !result.is_empty() && !aborted {
         if result.ends_with(b"\r\n") {
             result.truncate(result.len() - 2);
@@ -875,15 +895,19 @@ fn stop_pending(pid: i32) -> bool {
         .any(|m| m & bit != 0)
 }
 
-fn last_line(bytes: &[u8]) -> String {
+/// The last `n` non-empty lines, trimmed, each at most 240 characters, oldest first.
+fn last_lines(bytes: &[u8], n: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
-    let line = text
+    let mut lines: Vec<String> = text
         .lines()
         .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim();
-    line.chars().take(240).collect()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(n)
+        .map(|l| l.chars().take(240).collect())
+        .collect();
+    lines.reverse();
+    lines.join("\n")
 }
 
 #[cfg(test)]
@@ -930,6 +954,15 @@ mod tests {
             exit_code_for(exit(2), false, "usage"),
             ExitCode::RuntimeError
         );
+        // bash: the error, then the offending line quoted.
+        let bash =
+            "x.sh: line 2: syntax error near unexpected token `then'\nx.sh: line 2: `if then'";
+        assert_eq!(exit_code_for(exit(2), false, bash), ExitCode::LanguageError);
+        assert_eq!(
+            syntax_error_line(bash),
+            Some("x.sh: line 2: syntax error near unexpected token `then'")
+        );
+        assert_eq!(syntax_error_line("syntax error\nsome\nmore"), None);
         assert_eq!(exit_code_for(exit(1), false, ""), ExitCode::RuntimeError);
         assert_eq!(
             exit_code_for(sig(libc::SIGSEGV), false, ""),

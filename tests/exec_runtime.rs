@@ -120,3 +120,34 @@ async fn exec_runtime_says_a_script_is_not_executable() {
     let _ = child.wait();
     assert_eq!(lines, ["432 1", "421 2"]);
 }
+
+/// README ("exit 2 with \"syntax error\" on stderr (shells) | languageError"): bash writes
+/// its syntax error on the line before last (the last one quotes the offending line), and
+/// that is still a languageError, with that line in smRunError.
+#[tokio::test]
+async fn exec_runtime_bash_syntax_error_is_a_language_error() {
+    if !std::path::Path::new("/bin/bash").exists() {
+        eprintln!("no /bin/bash: nothing to test");
+        return;
+    }
+    let h = exec_host();
+    let script = install(&h, "syntax.sh", "#!/bin/bash\necho ok\nif then\nfi\n", true);
+    let r = run_on(&h, &script, "exec").await;
+    assert_eq!(r.exit_code, ExitCode::LanguageError, "{r:?}");
+    assert!(
+        r.error.contains("syntax error near unexpected token")
+            && r.error.ends_with("(exit status 2)"),
+        "{:?}",
+        r.error
+    );
+    // Not every exit 2 is one: a script that prints the words earlier and fails later.
+    let late = install(
+        &h,
+        "late.sh",
+        "#!/bin/bash\necho 'syntax error' >&2\necho one >&2\necho two >&2\nexit 2\n",
+        true,
+    );
+    let r = run_on(&h, &late, "exec").await;
+    assert_eq!(r.exit_code, ExitCode::RuntimeError, "{r:?}");
+    h.shutdown().await;
+}
