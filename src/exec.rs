@@ -15,7 +15,8 @@
 //!
 //! Its final result is its stdout (one trailing newline removed, at most 65535 octets) if it
 //! wrote any, else the last `result`/`event` it reported. Its error text is the last line it
-//! wrote to stderr. See [`exit_code_for`] for how it ends up with an ExitCode.
+//! wrote to stderr. See [`exit_code_for`] for how it ends up with an ExitCode. A script that
+//! stops (SIGSTOP, SIGTSTP) is reported `suspended` and `resume` continues it.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -159,6 +160,60 @@ struct RunSlot {
     ctl: mpsc::Sender<Ctl>,
     /// The run's task in the [`JoinSet`], to find the slot if the task fails.
     task: tokio::task::Id,
+    /// The script's pid, and where its stops and continues are told to the run.
+    pid: u32,
+    stops: Arc<StopReport>,
+}
+
+/// The last stop or continue of a run's script that the runtime did not cause itself (or
+/// did: the run sorts that out), from [`report_stops`] to the run's task.
+#[derive(Default)]
+struct StopReport {
+    /// 0, or the RunState number it implies (suspended, executing).
+    last: std::sync::atomic::AtomicU8,
+    notify: tokio::sync::Notify,
+}
+
+/// Whether the process is still in the state a report said: a report may be of the
+/// runtime's own SIGSTOP or SIGCONT, taken after the next command already undid it (a
+/// suspend's stop read after the resume), and must not be taken for the script's doing.
+fn still(pid: i32, now: RunState) -> bool {
+    let state = crate::process::proc_state(pid);
+    match now {
+        RunState::Suspended => state == Some('T'),
+        _ => state.is_some_and(|c| !matches!(c, 'T' | 't' | 'Z' | 'X')),
+    }
+}
+
+impl StopReport {
+    fn report(&self, now: RunState) {
+        self.last
+            .store(now.number(), std::sync::atomic::Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Option<RunState> {
+        RunState::from_number(self.last.swap(0, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// Tells runs whose scripts stopped or continued since the last SIGCHLD. waitid with
+/// WSTOPPED | WCONTINUED (never WEXITED: reaping stays tokio's) reports each change once,
+/// and a child has at most one pending, so this takes one call per change plus one: a
+/// SIGCHLD costs no work per run (the runs do not each listen).
+fn report_stops(runs: &HashMap<RunId, RunSlot>) {
+    use nix::sys::wait::{Id as WaitId, WaitPidFlag, WaitStatus, waitid};
+    let flags = WaitPidFlag::WSTOPPED | WaitPidFlag::WCONTINUED | WaitPidFlag::WNOHANG;
+    for _ in 0..=runs.len() {
+        let (pid, now) = match waitid(WaitId::All, flags) {
+            Ok(WaitStatus::Stopped(pid, _)) => (pid, RunState::Suspended),
+            Ok(WaitStatus::Continued(pid)) => (pid, RunState::Executing),
+            _ => return,
+        };
+        if let Some(slot) = runs.values().find(|s| s.pid == pid.as_raw() as u32) {
+            slot.stops.report(now);
+        }
+    }
 }
 
 /// Serves SMX until the channel closes, then aborts every run and returns. The channel is
@@ -186,6 +241,11 @@ pub async fn serve(opts: Options) -> io::Result<()> {
     // One task per run, each yielding its RunId when it ends; at most one per slot in `runs`.
     let mut tasks: JoinSet<RunId> = JoinSet::new();
     let mut input = LineReader::new(input, DEFAULT_MAX_LINE);
+    // SIGCHLD also tells of a script that stopped or continued without us: it is then
+    // suspended (RFC 3179 6.1.7 item 1), and `resume` continues it.
+    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+        .map_err(|e| tracing::warn!("no SIGCHLD stream, scripts that stop go unnoticed: {e}"))
+        .ok();
     loop {
         tokio::select! {
             frame = input.next() => {
@@ -210,6 +270,12 @@ pub async fn serve(opts: Options) -> io::Result<()> {
                     runs.retain(|_, s| s.task != e.id());
                 }
             },
+            Some(()) = async {
+                match sigchld.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => report_stops(&runs),
         }
     }
     // The channel closed: the host asks us to terminate every run and exit (RFC 3179 5.2).
@@ -364,8 +430,17 @@ async fn handle(
                     .await;
                     let state = Arc::new(Mutex::new(RunState::Executing));
                     let (ctl_tx, ctl_rx) = mpsc::channel(CTL_QUEUE);
-                    let job =
-                        supervise(run, spawned, state.clone(), ctl_rx, out.clone(), opts.grace);
+                    let pid = spawned.child.id().unwrap_or(0);
+                    let stops = Arc::new(StopReport::default());
+                    let job = supervise(
+                        run,
+                        spawned,
+                        state.clone(),
+                        ctl_rx,
+                        stops.clone(),
+                        out.clone(),
+                        opts.grace,
+                    );
                     let task = tasks.spawn(async move {
                         job.await;
                         run
@@ -376,6 +451,8 @@ async fn handle(
                             state,
                             ctl: ctl_tx,
                             task: task.id(),
+                            pid,
+                            stops,
                         },
                     );
                 }
@@ -561,6 +638,7 @@ async fn supervise(
     mut sp: Spawned,
     state: Arc<Mutex<RunState>>,
     mut ctl: mpsc::Receiver<Ctl>,
+    stops: Arc<StopReport>,
     out: Out,
     grace: Duration,
 ) {
@@ -644,6 +722,13 @@ async fn supervise(
                     _ => push(&mut outbox, Reply::Negative { id, code: Negative::CannotChange }),
                 },
             },
+            // The script stopped or continued on its own (see report_stops).
+            _ = stops.notify.notified(), if matches!(current, RunState::Executing | RunState::Suspended) && outbox.len() < RUN_OUTBOX => {
+                if let Some(now) = stops.take().filter(|&now| now != current && still(pid, now)) {
+                    set_state(&state, now);
+                    push(&mut outbox, Reply::StateChange { run, state: now });
+                }
+            }
             permit = out.reserve(), if !outbox.is_empty() => match permit {
                 Ok(p) => p.send(outbox.pop_front().expect("outbox is not empty")),
                 // The writer is gone (so is the host): nothing can be told any more.

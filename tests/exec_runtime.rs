@@ -151,3 +151,83 @@ async fn exec_runtime_bash_syntax_error_is_a_language_error() {
     assert_eq!(r.exit_code, ExitCode::RuntimeError, "{r:?}");
     h.shutdown().await;
 }
+
+/// RFC 3179 6.1.7 item 1 ("if a change of the status of a running script is observed by the
+/// runtime system, a 531 reply is sent"): a script that stops itself (SIGSTOP) is reported
+/// suspended, and `resume` (6.1.4 item 3) continues it to its end; one that someone else
+/// continues is reported executing.
+#[tokio::test]
+async fn exec_runtime_reports_a_script_that_stops_itself() {
+    let h = exec_host();
+    let script = install(
+        &h,
+        "stop.sh",
+        "#!/bin/sh\necho 'result before' >&3\nkill -STOP $$\necho after\n",
+        true,
+    );
+    let id = h.launch(request(&script, Some("exec"))).expect("launch");
+    let r = reach(&h, id, RunState::Suspended).await;
+    assert_eq!(r.result.as_bytes(), b"before", "{r:?}");
+    let pid = r.runtime_pid.expect("runtime pid");
+    let script_pid = children(pid)[0];
+    assert_eq!(proc_state(script_pid), Some('T'));
+    let r = h.resume(id).await.unwrap();
+    assert_ne!(r.state, RunState::Suspended, "{r:?}");
+    let r = finish(&h, id, 10).await;
+    assert_eq!(
+        (r.exit_code, r.result.as_bytes(), r.error.as_str()),
+        (ExitCode::NoError, &b"after"[..], ""),
+        "{r:?}"
+    );
+
+    // Continued by someone else (kill -CONT), it is reported executing again.
+    let script = install(
+        &h,
+        "stop2.sh",
+        "#!/bin/sh
+kill -STOP $$
+echo 'result going' >&3
+sleep 1
+",
+        true,
+    );
+    let id = h.launch(request(&script, Some("exec"))).expect("launch");
+    let r = reach(&h, id, RunState::Suspended).await;
+    let script_pid = children(r.runtime_pid.expect("runtime pid"))[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(script_pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    let r = reach(&h, id, RunState::Executing).await;
+    assert!(!r.is_terminated(), "{r:?}");
+    assert_eq!(finish(&h, id, 10).await.exit_code, ExitCode::NoError);
+    h.shutdown().await;
+}
+
+/// The runtime's own suspends and resumes are no self-stops: however their SIGCHLD reports
+/// interleave with the commands, each suspend leaves the run suspended and each resume
+/// executing, and nothing reported late turns it back.
+#[tokio::test]
+async fn exec_runtime_suspend_resume_cycles_stay_what_they_said() {
+    let h = exec_host();
+    let sleeper = install(&h, "sleep.sh", "#!/bin/sh\nexec sleep 60\n", true);
+    let id = h.launch(request(&sleeper, Some("exec"))).expect("launch");
+    reach(&h, id, RunState::Executing).await;
+    for i in 0..40 {
+        assert_eq!(
+            h.suspend(id).await.unwrap().state,
+            RunState::Suspended,
+            "cycle {i}"
+        );
+        assert_eq!(
+            h.resume(id).await.unwrap().state,
+            RunState::Executing,
+            "cycle {i}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.run(id).unwrap().state, RunState::Executing);
+    h.abort(id).await.unwrap();
+    h.shutdown().await;
+}
