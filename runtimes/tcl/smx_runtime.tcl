@@ -26,6 +26,7 @@ namespace eval ::smx {
     variable stdioMoved 0      ;# 1 when SMX is not on fds 0/1 (TCP, or moved off in pipe mode)
     variable shutting  0
     variable skipping  0       ;# 1 while dropping the rest of an overlong input line
+    variable Outbox    ""      ;# messages not yet written (see Send)
 
     variable Step       1000   ;# child commands between two polls of the SMX channel
     variable SleepSlice 20     ;# ms; granularity of the child's interruptible `after ms`
@@ -73,18 +74,36 @@ proc ::smx::Log {msg} {
     catch {puts stderr "smx-tcl\[[pid]\]: $msg"}
 }
 
-# Writes one SMX message with CRLF. A failed write means the host is gone: exit.
+# Queues one SMX message with CRLF; Flush writes what is queued. Messages leave together
+# where the runtime would otherwise wait or run on (the end of a Poll, before and after a
+# blocking read, a script's result, the end of a run): over TCP, where Tcl 8.6 cannot set
+# TCP_NODELAY, a second message written alone would wait for the host's delayed ACK (40 ms).
 proc ::smx::Send {msg} {
+    variable Outbox
+    append Outbox "$msg\r\n"
+    if {[string length $Outbox] >= 65536} {
+        Flush
+    }
+}
+
+# Writes the queued messages. A failed write means the host is gone: exit.
+proc ::smx::Flush {} {
+    variable Outbox
     variable out
     variable in
     variable shutting
+    if {$Outbox eq ""} {
+        return
+    }
+    set data $Outbox
+    set Outbox ""
     if {[catch {
         if {$out eq $in} {
             # TCP: one channel for both directions; write in blocking mode.
             set blocking [chan configure $out -blocking]
             chan configure $out -blocking 1
         }
-        puts -nonewline $out "$msg\r\n"
+        puts -nonewline $out $data
         flush $out
         if {$out eq $in} {
             chan configure $out -blocking $blocking
@@ -286,6 +305,7 @@ proc ::smx::Poll {} {
                 read $in [chan pending input $in]
                 set skipping 1
             }
+            Flush
             return
         }
         if {[eof $in]} {
@@ -301,10 +321,12 @@ proc ::smx::Poll {} {
     }
 }
 
-# Waits for and handles one line (no event loop: nothing else runs meanwhile).
+# Waits for and handles one line and those that came with it (no event loop: nothing else
+# runs meanwhile).
 proc ::smx::ReadBlocking {} {
     variable in
     variable skipping
+    Flush
     chan configure $in -blocking 1
     set rc [catch {gets $in line} n]
     chan configure $in -blocking 0
@@ -324,6 +346,9 @@ proc ::smx::ReadBlocking {} {
             return
         }
         HandleLine $line
+        # Then whatever else already arrived, so that the replies leave together (Poll
+        # flushes when it runs out of complete lines).
+        Poll
     }
 }
 
@@ -347,7 +372,7 @@ proc ::smx::Shutdown {} {
             Send "232 $aid"
         }
     }
-    catch {flush $out}
+    Flush
     exit 0
 }
 
@@ -556,6 +581,7 @@ proc ::smx::Finish {run code {text ""}} {
     if {$i >= 0} {
         set Order [lreplace $Order $i $i]
     }
+    Flush
 }
 
 # The first run that waits to execute, or "".
@@ -634,6 +660,7 @@ proc ::smx::Execute {run} {
     if {$R($run,state) == 1} {
         set R($run,state) 2
         Send "531 0 $run 2"
+        Flush
     }
     set path $R($run,script)
     if {[catch {Prepare $run} c]} {
@@ -832,6 +859,7 @@ proc ::smx::Emit {run code bytes {final 0}} {
         set max $MaxError
     }
     Send "$code 0 $run 2 [Enc [string range $bytes 0 [expr {$max - 1}]]]"
+    Flush
 }
 
 # ---------------------------------------------------------------------------------------
