@@ -298,6 +298,14 @@ impl Session {
         ok && w.flush().await.is_ok()
     }
 
+    /// Writes a whole message as it is, terminator included.
+    async fn send_raw(&mut self, msg: &[u8]) -> bool {
+        let Some(w) = self.writer.as_mut() else {
+            return false;
+        };
+        w.write_all(msg).await.is_ok() && w.flush().await.is_ok()
+    }
+
     /// The next line before `deadline`. The deadline is checked before every line: a
     /// runtime that floods keeps the queue full, and a timeout polls the receive first, so
     /// one that is always ready rarely lets the timeout decide.
@@ -704,6 +712,8 @@ async fn checks(s: &mut Session, rep: &mut Report, opts: &Options) {
         negative(Negative::IllegalRunId),
     );
 
+    vector_checks(s, rep).await;
+
     match &opts.script {
         Some(script) => with_script(s, rep, opts, script).await,
         None => {
@@ -753,6 +763,105 @@ async fn checks(s: &mut Session, rep: &mut Report, opts: &Options) {
     rep.add("5", "every message is well-formed and ends with CRLF", v, d);
 
     shutdown_check(s, rep, opts).await;
+}
+
+/// Ids of the `hello` sent after each vector; no vector uses one.
+const SENTINEL: u64 = 9_000_000_000_000_000_000;
+
+/// Whether `got` is the reply `want`; a 211 may carry any Authenticator.
+fn same_reply(got: &Reply, want: &Reply) -> bool {
+    match (got, want) {
+        (
+            Reply::Hello { id, version, .. },
+            Reply::Hello {
+                id: i2,
+                version: v2,
+                ..
+            },
+        ) => id == i2 && version == v2,
+        _ => got == want,
+    }
+}
+
+/// One check per golden vector: the vector's message, then `hello SENTINEL+n`; every line
+/// before the sentinel's reply but 511s is the runtime's answer to the vector, which must
+/// be exactly the vector's ANSWER (or nothing, for `discard`). After a sentinel goes
+/// unanswered the runtime is taken to have stopped, and the remaining vectors fail at once.
+async fn vector_checks(s: &mut Session, rep: &mut Report) {
+    let vectors = match vectors() {
+        Ok(v) => v,
+        Err(e) => {
+            rep.add("6.1", "the golden vectors parse", Verdict::Fail, e);
+            return;
+        }
+    };
+    let mut stopped: Option<String> = None;
+    for (n, v) in vectors.iter().enumerate() {
+        if let Some(why) = &stopped {
+            rep.add(v.section, v.text, Verdict::Fail, format!("not sent: {why}"));
+            continue;
+        }
+        let sentinel = SENTINEL + n as u64;
+        let sent = s.send_raw(&v.command).await && s.send(&format!("hello {sentinel}")).await;
+        let deadline = tokio::time::Instant::now() + s.timeout;
+        let mut answers: Vec<(String, Option<Reply>)> = Vec::new();
+        let mut messages = 0;
+        let mut answered = false;
+        while let Some(line) = match sent {
+            true => s.next_line(deadline).await,
+            false => None,
+        } {
+            match &line.reply {
+                Ok(r) if r.id() == Some(Id(sentinel)) => {
+                    answered = true;
+                    break;
+                }
+                Ok(Reply::Message { .. }) => messages += 1,
+                r => answers.push((show(&line.raw), r.as_ref().ok().cloned())),
+            }
+            s.seen.push(line);
+        }
+        let got = if answers.is_empty() {
+            "nothing".to_owned()
+        } else {
+            answers
+                .iter()
+                .map(|(shown, _)| shown.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let want = match v.answer {
+            None => "discard".to_owned(),
+            Some(_) => format!("{:?}", v.answer_text),
+        };
+        let at = format!("(smx.txt:{})", v.line);
+        let (verdict, detail) = if !answered {
+            let why = if sent {
+                format!("no reply to `hello {sentinel}` within {:?}", s.timeout)
+            } else {
+                "the connection is closed".to_owned()
+            };
+            stopped = Some(format!(
+                "the runtime stopped answering at smx.txt:{}",
+                v.line
+            ));
+            (Verdict::Fail, format!("want {want}, got {got}; {why} {at}"))
+        } else {
+            let ok = match &v.answer {
+                None => answers.is_empty(),
+                Some(w) => {
+                    answers.len() == 1 && answers[0].1.as_ref().is_some_and(|g| same_reply(g, w))
+                }
+            };
+            let with_511 = if messages > 0 { " (and a 511)" } else { "" };
+            match (ok, &v.answer) {
+                (true, None) => (Verdict::Pass, format!("discarded{with_511} {at}")),
+                (true, Some(_)) => (Verdict::Pass, format!("got {got} {at}")),
+                (false, _) => (Verdict::Fail, format!("want {want}, got {got} {at}")),
+            }
+        };
+        rep.add(v.section, v.text, verdict, detail);
+    }
 }
 
 async fn with_script(s: &mut Session, rep: &mut Report, opts: &Options, script: &std::path::Path) {
