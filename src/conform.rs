@@ -11,7 +11,9 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::config::{Argv, Registered, RuntimeName, RuntimeSpec, Threading, Transport};
+use crate::config::{
+    Argv, CookieDelivery, Registered, RuntimeName, RuntimeSpec, Threading, Transport,
+};
 use crate::framing::Frame;
 use crate::host::{StartError, start_runtime};
 use crate::proto::{ExitCode, Id, Negative, Octets, Profile, Reply, RunId, RunState};
@@ -135,6 +137,8 @@ pub struct Options {
     pub script: Option<PathBuf>,
     /// How long to wait for each expected message.
     pub timeout: Duration,
+    /// How a TCP runtime gets its cookie (`None`: the default, its fd).
+    pub cookie: Option<CookieDelivery>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -444,7 +448,7 @@ pub async fn run(opts: &Options, print: bool) -> Vec<Outcome> {
             threading: Threading::Multi,
             extensions: Vec::new(),
             profiles: crate::config::ProfileList(vec![opts.profile.clone()]),
-            cookie: None,
+            cookie: opts.cookie,
         },
         config_dir: None,
     };
@@ -464,9 +468,12 @@ pub async fn run(opts: &Options, print: bool) -> Vec<Outcome> {
             return rep.out;
         }
     };
-    let what = match opts.transport {
-        Transport::Pipe => "hello 1 answered 211 1 SMX/1.1 over stdin/stdout",
-        Transport::Tcp => "connected from loopback, 211 1 SMX/1.1 with the cookie",
+    let what = match (opts.transport, opts.cookie) {
+        (Transport::Pipe, _) => "hello 1 answered 211 1 SMX/1.1 over stdin/stdout",
+        (Transport::Tcp, Some(CookieDelivery::Env)) => {
+            "connected from loopback, 211 1 SMX/1.1 with the cookie from SMX_COOKIE"
+        }
+        (Transport::Tcp, _) => "connected from loopback, 211 1 SMX/1.1 with the cookie",
     };
     rep.add(
         "6.1.1",

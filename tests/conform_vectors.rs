@@ -1,6 +1,6 @@
 //! `smx conform`'s check per golden vector (tests/vectors/smx.txt) against every shipped
-//! runtime, over both transports (RFC 3179 8.2): a test fails when any runtime's answer to
-//! any vector differs from the file's.
+//! runtime, over both transports and with either cookie delivery (RFC 3179 8.2, 9): a test
+//! fails when any runtime's answer to any vector differs from the file's.
 
 mod common;
 
@@ -109,6 +109,52 @@ fn every_runtime_answers_every_vector_over_both_transports() {
             assert!(r.contains("<32-octet authenticator>"), "{what}: {r}");
         }
     }
+}
+
+/// RFC 3179 9 and README ("cookie = \"env\""): `--cookie env` hands the cookie over in
+/// SMX_COOKIE only, as RFC 2593-era runtimes such as Scotty's Tnm expect. A runtime behind
+/// tests/fixtures/env_cookie_only.sh, which refuses to start with an SMX_COOKIE_FD or
+/// without SMX_COOKIE, passes with it and fails with `--cookie fd`; every shipped runtime
+/// reads SMX_COOKIE too.
+#[test]
+fn cookie_env_reaches_a_runtime_that_reads_smx_cookie() {
+    let env_only = path("tests/fixtures/env_cookie_only.sh");
+    let python = path("runtimes/python/smx_runtime.py");
+    let script = path("runtimes/python/conform.py");
+    let tnm_like = ["sh", env_only.as_str(), "python3", python.as_str()];
+    let o = conform(
+        &["--transport", "tcp", "--cookie", "env", "--script", &script],
+        &tnm_like,
+    );
+    assert_every_vector_passes("env-only runtime, --cookie env", &o, all_checks());
+    assert!(
+        report(&o).contains("211 1 SMX/1.1 with the cookie from SMX_COOKIE"),
+        "{}",
+        report(&o)
+    );
+    let o = conform(
+        &["--transport", "tcp", "--cookie", "fd", "--script", &script],
+        &tnm_like,
+    );
+    let r = report(&o);
+    assert_eq!(o.status.code(), Some(1), "{r}");
+    assert!(
+        r.contains("FAIL  6.1.1   runtime starts and answers hello with 211")
+            && r.contains("no SMX_COOKIE, or an SMX_COOKIE_FD too"),
+        "{r}"
+    );
+    for (name, cmd, script) in runtimes() {
+        let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        let o = conform(
+            &["--transport", "tcp", "--cookie", "env", "--script", &script],
+            &argv,
+        );
+        assert_every_vector_passes(&format!("{name}, --cookie env"), &o, all_checks());
+    }
+    // Over a pipe there is no cookie to deliver.
+    let o = conform(&["--cookie", "env"], &["python3", &python]);
+    assert_eq!(o.status.code(), Some(1), "{}", report(&o));
+    assert!(report(&o).contains("--cookie env only applies to --transport tcp"));
 }
 
 /// A runtime that gets vectors wrong fails exactly on their lines, naming what it answered:
