@@ -11,11 +11,119 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::config::{Argv, Registered, RuntimeName, RuntimeSpec, Threading, Transport};
+use crate::config::{
+    Argv, CookieDelivery, Registered, RuntimeName, RuntimeSpec, Threading, Transport,
+};
 use crate::framing::Frame;
 use crate::host::{StartError, start_runtime};
 use crate::proto::{ExitCode, Id, Negative, Octets, Profile, Reply, RunId, RunState};
 use crate::security::Prepared;
+
+/// The golden vectors (`tests/vectors/smx.txt`), embedded: one command each and the answer
+/// RFC 3179 section 6.1 prescribes. The file's header describes the format.
+pub const VECTORS: &str = include_str!("../tests/vectors/smx.txt");
+
+/// One golden vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vector {
+    /// Its line in the file (1-based).
+    pub line: usize,
+    /// The RFC 3179 section whose rule gives the answer.
+    pub section: &'static str,
+    /// COMMAND as written in the file (escapes not decoded).
+    pub text: &'static str,
+    /// The message as sent, terminator included.
+    pub command: Vec<u8>,
+    /// ANSWER as written in the file.
+    pub answer_text: &'static str,
+    /// The reply a runtime sends; `None` when it discards the message.
+    pub answer: Option<Reply>,
+}
+
+/// The embedded golden vectors.
+pub fn vectors() -> Result<Vec<Vector>, String> {
+    parse_vectors(VECTORS)
+}
+
+/// Parses a vector file: `SECTION | COMMAND | ANSWER` per line, `#` comments. Every ANSWER
+/// must be written canonically (as smx encodes it), so that a byte comparison is fair.
+pub fn parse_vectors(text: &'static str) -> Result<Vec<Vector>, String> {
+    const SEP: &str = " | ";
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let err = |why: String| format!("tests/vectors/smx.txt:{line}: {why}");
+        if raw.is_empty() || raw.starts_with('#') {
+            continue;
+        }
+        if !raw.is_ascii() {
+            return Err(err("not ASCII".into()));
+        }
+        let (Some(a), Some(b)) = (raw.find(SEP), raw.rfind(SEP)) else {
+            return Err(err("expected SECTION | COMMAND | ANSWER".into()));
+        };
+        if b <= a {
+            return Err(err("expected SECTION | COMMAND | ANSWER".into()));
+        }
+        let (section, text, answer_text) =
+            (&raw[..a], &raw[a + SEP.len()..b], &raw[b + SEP.len()..]);
+        if section.is_empty() || !section.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+            return Err(err(format!("bad SECTION {section:?}")));
+        }
+        let mut command = unescape_vector(text).map_err(err)?;
+        match command.iter().position(|&c| c == b'\n') {
+            None => command.extend_from_slice(b"\r\n"),
+            Some(p) if p + 1 == command.len() => {}
+            Some(_) => return Err(err("<0A> only at the end of COMMAND".into())),
+        }
+        let answer = if answer_text == "discard" {
+            None
+        } else {
+            let wire = format!("{answer_text}\r\n");
+            let r = Reply::decode(wire.as_bytes())
+                .map_err(|e| err(format!("ANSWER {answer_text:?}: {e}")))?;
+            if r.to_bytes() != wire.as_bytes() {
+                return Err(err(format!(
+                    "ANSWER {answer_text:?} is not written canonically"
+                )));
+            }
+            if r.id().is_none() {
+                return Err(err(format!(
+                    "ANSWER {answer_text:?} is not a reply to a command"
+                )));
+            }
+            Some(r)
+        };
+        out.push(Vector {
+            line,
+            section,
+            text,
+            command,
+            answer_text,
+            answer,
+        });
+    }
+    Ok(out)
+}
+
+/// COMMAND's escapes: `<XX>` (two upper-case hex digits) is the octet 0xXX.
+fn unescape_vector(text: &str) -> Result<Vec<u8>, String> {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| matches!(c, b'0'..=b'9' | b'A'..=b'F');
+        if b[i] == b'<' && i + 3 < b.len() && hex(b[i + 1]) && hex(b[i + 2]) && b[i + 3] == b'>' {
+            let v = u8::from_str_radix(&text[i + 1..i + 3], 16).map_err(|e| e.to_string())?;
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
 
 /// What to test.
 #[derive(Debug, Clone)]
@@ -29,6 +137,8 @@ pub struct Options {
     pub script: Option<PathBuf>,
     /// How long to wait for each expected message.
     pub timeout: Duration,
+    /// How a TCP runtime gets its cookie (`None`: the default, its fd).
+    pub cookie: Option<CookieDelivery>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +302,14 @@ impl Session {
         ok && w.flush().await.is_ok()
     }
 
+    /// Writes a whole message as it is, terminator included.
+    async fn send_raw(&mut self, msg: &[u8]) -> bool {
+        let Some(w) = self.writer.as_mut() else {
+            return false;
+        };
+        w.write_all(msg).await.is_ok() && w.flush().await.is_ok()
+    }
+
     /// The next line before `deadline`. The deadline is checked before every line: a
     /// runtime that floods keeps the queue full, and a timeout polls the receive first, so
     /// one that is always ready rarely lets the timeout decide.
@@ -330,7 +448,7 @@ pub async fn run(opts: &Options, print: bool) -> Vec<Outcome> {
             threading: Threading::Multi,
             extensions: Vec::new(),
             profiles: crate::config::ProfileList(vec![opts.profile.clone()]),
-            cookie: None,
+            cookie: opts.cookie,
             language: None,
             version: Default::default(),
             vendor: None,
@@ -355,9 +473,12 @@ pub async fn run(opts: &Options, print: bool) -> Vec<Outcome> {
             return rep.out;
         }
     };
-    let what = match opts.transport {
-        Transport::Pipe => "hello 1 answered 211 1 SMX/1.1 over stdin/stdout",
-        Transport::Tcp => "connected from loopback, 211 1 SMX/1.1 with the cookie",
+    let what = match (opts.transport, opts.cookie) {
+        (Transport::Pipe, _) => "hello 1 answered 211 1 SMX/1.1 over stdin/stdout",
+        (Transport::Tcp, Some(CookieDelivery::Env)) => {
+            "connected from loopback, 211 1 SMX/1.1 with the cookie from SMX_COOKIE"
+        }
+        (Transport::Tcp, _) => "connected from loopback, 211 1 SMX/1.1 with the cookie",
     };
     rep.add(
         "6.1.1",
@@ -603,6 +724,8 @@ async fn checks(s: &mut Session, rep: &mut Report, opts: &Options) {
         negative(Negative::IllegalRunId),
     );
 
+    vector_checks(s, rep).await;
+
     match &opts.script {
         Some(script) => with_script(s, rep, opts, script).await,
         None => {
@@ -652,6 +775,105 @@ async fn checks(s: &mut Session, rep: &mut Report, opts: &Options) {
     rep.add("5", "every message is well-formed and ends with CRLF", v, d);
 
     shutdown_check(s, rep, opts).await;
+}
+
+/// Ids of the `hello` sent after each vector; no vector uses one.
+const SENTINEL: u64 = 9_000_000_000_000_000_000;
+
+/// Whether `got` is the reply `want`; a 211 may carry any Authenticator.
+fn same_reply(got: &Reply, want: &Reply) -> bool {
+    match (got, want) {
+        (
+            Reply::Hello { id, version, .. },
+            Reply::Hello {
+                id: i2,
+                version: v2,
+                ..
+            },
+        ) => id == i2 && version == v2,
+        _ => got == want,
+    }
+}
+
+/// One check per golden vector: the vector's message, then `hello SENTINEL+n`; every line
+/// before the sentinel's reply but 511s is the runtime's answer to the vector, which must
+/// be exactly the vector's ANSWER (or nothing, for `discard`). After a sentinel goes
+/// unanswered the runtime is taken to have stopped, and the remaining vectors fail at once.
+async fn vector_checks(s: &mut Session, rep: &mut Report) {
+    let vectors = match vectors() {
+        Ok(v) => v,
+        Err(e) => {
+            rep.add("6.1", "the golden vectors parse", Verdict::Fail, e);
+            return;
+        }
+    };
+    let mut stopped: Option<String> = None;
+    for (n, v) in vectors.iter().enumerate() {
+        if let Some(why) = &stopped {
+            rep.add(v.section, v.text, Verdict::Fail, format!("not sent: {why}"));
+            continue;
+        }
+        let sentinel = SENTINEL + n as u64;
+        let sent = s.send_raw(&v.command).await && s.send(&format!("hello {sentinel}")).await;
+        let deadline = tokio::time::Instant::now() + s.timeout;
+        let mut answers: Vec<(String, Option<Reply>)> = Vec::new();
+        let mut messages = 0;
+        let mut answered = false;
+        while let Some(line) = match sent {
+            true => s.next_line(deadline).await,
+            false => None,
+        } {
+            match &line.reply {
+                Ok(r) if r.id() == Some(Id(sentinel)) => {
+                    answered = true;
+                    break;
+                }
+                Ok(Reply::Message { .. }) => messages += 1,
+                r => answers.push((show(&line.raw), r.as_ref().ok().cloned())),
+            }
+            s.seen.push(line);
+        }
+        let got = if answers.is_empty() {
+            "nothing".to_owned()
+        } else {
+            answers
+                .iter()
+                .map(|(shown, _)| shown.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let want = match v.answer {
+            None => "discard".to_owned(),
+            Some(_) => format!("{:?}", v.answer_text),
+        };
+        let at = format!("(smx.txt:{})", v.line);
+        let (verdict, detail) = if !answered {
+            let why = if sent {
+                format!("no reply to `hello {sentinel}` within {:?}", s.timeout)
+            } else {
+                "the connection is closed".to_owned()
+            };
+            stopped = Some(format!(
+                "the runtime stopped answering at smx.txt:{}",
+                v.line
+            ));
+            (Verdict::Fail, format!("want {want}, got {got}; {why} {at}"))
+        } else {
+            let ok = match &v.answer {
+                None => answers.is_empty(),
+                Some(w) => {
+                    answers.len() == 1 && answers[0].1.as_ref().is_some_and(|g| same_reply(g, w))
+                }
+            };
+            let with_511 = if messages > 0 { " (and a 511)" } else { "" };
+            match (ok, &v.answer) {
+                (true, None) => (Verdict::Pass, format!("discarded{with_511} {at}")),
+                (true, Some(_)) => (Verdict::Pass, format!("got {got} {at}")),
+                (false, _) => (Verdict::Fail, format!("want {want}, got {got} {at}")),
+            }
+        };
+        rep.add(v.section, v.text, verdict, detail);
+    }
 }
 
 async fn with_script(s: &mut Session, rep: &mut Report, opts: &Options, script: &std::path::Path) {

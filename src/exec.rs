@@ -1,7 +1,8 @@
 //! The `exec` runtime: runs executable files (shell scripts with a shebang, binaries).
 //!
 //! It is part of the `smx` binary (`smx exec-runtime`) but the host starts it like any other
-//! runtime, as a separate process speaking SMX/1.1 on stdin/stdout (RFC 3179 section 6.1).
+//! runtime, as a separate process speaking SMX/1.1 (RFC 3179 section 6.1) on stdin/stdout,
+//! or, with `SMX_TRANSPORT=tcp`, on a connection back to the host (section 8.2).
 //! Each run is a child process in its own process group, so suspend (SIGSTOP), resume
 //! (SIGCONT) and abort (SIGTERM, then SIGKILL after a grace period) reach the whole tree.
 //!
@@ -14,7 +15,8 @@
 //!
 //! Its final result is its stdout (one trailing newline removed, at most 65535 octets) if it
 //! wrote any, else the last `result`/`event` it reported. Its error text is the last line it
-//! wrote to stderr. See [`exit_code_for`] for how it ends up with an ExitCode.
+//! wrote to stderr. See [`exit_code_for`] for how it ends up with an ExitCode. A script that
+//! stops (SIGSTOP, SIGTSTP) is reported `suspended` and `resume` continues it.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -32,8 +34,8 @@ use tokio::task::JoinSet;
 
 use crate::framing::{DEFAULT_MAX_LINE, Frame, LineReader};
 use crate::proto::{
-    Command, ExitCode, Id, MAX_RESULT_OCTETS, Negative, Octets, Profile, Quoted, Reply, RunId,
-    RunState, Version,
+    Authenticator, Command, ExitCode, Id, MAX_RESULT_OCTETS, Negative, Octets, Profile, Quoted,
+    Reply, RunId, RunState, Version,
 };
 
 /// The fd number scripts write their reports to.
@@ -60,6 +62,8 @@ pub struct Options {
 /// | exit status 71 (EX_OSERR), killed by SIGXCPU or SIGXFSZ | noResourcesLeft |
 /// | exit status 2 with "syntax error" on stderr (shells) | languageError |
 /// | any other exit status, any other signal | runtimeError |
+///
+/// `stderr_tail` is the last lines the script wrote to stderr (see [`syntax_error_line`]).
 pub fn exit_code_for(
     status: std::process::ExitStatus,
     aborted: bool,
@@ -73,12 +77,33 @@ pub fn exit_code_for(
         (Some(64 | 65), _) => ExitCode::InvalidArgument,
         (Some(77), _) => ExitCode::SecurityViolation,
         (Some(71), _) => ExitCode::NoResourcesLeft,
-        (Some(2), _) if stderr_tail.to_ascii_lowercase().contains("syntax error") => {
-            ExitCode::LanguageError
-        }
+        (Some(2), _) if syntax_error_line(stderr_tail).is_some() => ExitCode::LanguageError,
         (None, Some(libc::SIGXCPU | libc::SIGXFSZ)) => ExitCode::NoResourcesLeft,
         _ => ExitCode::RuntimeError,
     }
+}
+
+/// Stderr lines a shell's syntax error may be in: dash writes one line, bash two (the error,
+/// then the offending line quoted).
+const SYNTAX_ERROR_LINES: usize = 2;
+
+/// The line of `stderr_tail` (its last [`SYNTAX_ERROR_LINES`] non-empty lines) that reports
+/// a shell syntax error, if any.
+pub fn syntax_error_line(stderr_tail: &str) -> Option<&str> {
+    stderr_tail
+        .lines()
+        .rev()
+        .filter(|l| !l.trim().is_empty())
+        .take(SYNTAX_ERROR_LINES)
+        .find(|l| l.to_ascii_lowercase().contains("syntax error"))
+}
+
+/// A file the runtime may read but not execute: it is a script (RFC 3179 6.1.2 item 3), it
+/// just cannot start (item 5), and says why.
+#[derive(Debug, thiserror::Error)]
+#[error("not executable (mode {mode:04o}: no execute permission for the runtime)")]
+struct NotExecutable {
+    mode: u32,
 }
 
 /// How a script that could not be executed at all maps to an ExitCode.
@@ -135,13 +160,71 @@ struct RunSlot {
     ctl: mpsc::Sender<Ctl>,
     /// The run's task in the [`JoinSet`], to find the slot if the task fails.
     task: tokio::task::Id,
+    /// The script's pid, and where its stops and continues are told to the run.
+    pid: u32,
+    stops: Arc<StopReport>,
 }
 
-/// Serves SMX on stdin/stdout until stdin closes, then aborts every run and returns.
+/// The last stop or continue of a run's script that the runtime did not cause itself (or
+/// did: the run sorts that out), from [`report_stops`] to the run's task.
+#[derive(Default)]
+struct StopReport {
+    /// 0, or the RunState number it implies (suspended, executing).
+    last: std::sync::atomic::AtomicU8,
+    notify: tokio::sync::Notify,
+}
+
+/// Whether the process is still in the state a report said: a report may be of the
+/// runtime's own SIGSTOP or SIGCONT, taken after the next command already undid it (a
+/// suspend's stop read after the resume), and must not be taken for the script's doing.
+fn still(pid: i32, now: RunState) -> bool {
+    let state = crate::process::proc_state(pid);
+    match now {
+        RunState::Suspended => state == Some('T'),
+        _ => state.is_some_and(|c| !matches!(c, 'T' | 't' | 'Z' | 'X')),
+    }
+}
+
+impl StopReport {
+    fn report(&self, now: RunState) {
+        self.last
+            .store(now.number(), std::sync::atomic::Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Option<RunState> {
+        RunState::from_number(self.last.swap(0, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// Tells runs whose scripts stopped or continued since the last SIGCHLD. waitid with
+/// WSTOPPED | WCONTINUED (never WEXITED: reaping stays tokio's) reports each change once,
+/// and a child has at most one pending, so this takes one call per change plus one: a
+/// SIGCHLD costs no work per run (the runs do not each listen).
+fn report_stops(runs: &HashMap<RunId, RunSlot>) {
+    use nix::sys::wait::{Id as WaitId, WaitPidFlag, WaitStatus, waitid};
+    let flags = WaitPidFlag::WSTOPPED | WaitPidFlag::WCONTINUED | WaitPidFlag::WNOHANG;
+    for _ in 0..=runs.len() {
+        let (pid, now) = match waitid(WaitId::All, flags) {
+            Ok(WaitStatus::Stopped(pid, _)) => (pid, RunState::Suspended),
+            Ok(WaitStatus::Continued(pid)) => (pid, RunState::Executing),
+            _ => return,
+        };
+        if let Some(slot) = runs.values().find(|s| s.pid == pid.as_raw() as u32) {
+            slot.stops.report(now);
+        }
+    }
+}
+
+/// Serves SMX until the channel closes, then aborts every run and returns. The channel is
+/// stdin/stdout, or with `SMX_TRANSPORT=tcp` a connection to `SMX_HOST:SMX_PORT`.
 pub async fn serve(opts: Options) -> io::Result<()> {
+    let (input, mut output, auth) = match std::env::var("SMX_TRANSPORT").as_deref() {
+        Ok("tcp") => connect_tcp().await?,
+        _ => (stdio_in(), stdio_out(), None),
+    };
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
     let writer = tokio::spawn(async move {
-        let mut stdout = stdio_out();
         while let Some(mut buf) = out_rx.recv().await {
             // Coalesce what is queued into one write, up to a bound: senders refill the
             // queue as it drains, and the buffer must not become the unbounded queue.
@@ -149,7 +232,7 @@ pub async fn serve(opts: Options) -> io::Result<()> {
                 let Ok(more) = out_rx.try_recv() else { break };
                 buf.extend_from_slice(&more);
             }
-            if stdout.write_all(&buf).await.is_err() || stdout.flush().await.is_err() {
+            if output.write_all(&buf).await.is_err() || output.flush().await.is_err() {
                 break;
             }
         }
@@ -157,7 +240,12 @@ pub async fn serve(opts: Options) -> io::Result<()> {
     let mut runs: HashMap<RunId, RunSlot> = HashMap::new();
     // One task per run, each yielding its RunId when it ends; at most one per slot in `runs`.
     let mut tasks: JoinSet<RunId> = JoinSet::new();
-    let mut input = LineReader::new(stdio_in(), DEFAULT_MAX_LINE);
+    let mut input = LineReader::new(input, DEFAULT_MAX_LINE);
+    // SIGCHLD also tells of a script that stopped or continued without us: it is then
+    // suspended (RFC 3179 6.1.7 item 1), and `resume` continues it.
+    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+        .map_err(|e| tracing::warn!("no SIGCHLD stream, scripts that stop go unnoticed: {e}"))
+        .ok();
     loop {
         tokio::select! {
             frame = input.next() => {
@@ -171,7 +259,7 @@ pub async fn serve(opts: Options) -> io::Result<()> {
                 };
                 // Waits while the output queue is full: a host that does not read our
                 // replies stops being read.
-                handle(&line, &opts, &mut runs, &mut tasks, &out_tx).await;
+                handle(&line, &opts, auth.as_ref(), &mut runs, &mut tasks, &out_tx).await;
             }
             Some(done) = tasks.join_next_with_id() => match done {
                 Ok((_, run)) => {
@@ -182,9 +270,15 @@ pub async fn serve(opts: Options) -> io::Result<()> {
                     runs.retain(|_, s| s.task != e.id());
                 }
             },
+            Some(()) = async {
+                match sigchld.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => report_stops(&runs),
         }
     }
-    // Stdin closed: the host asks us to terminate every run and exit (RFC 3179 5.2).
+    // The channel closed: the host asks us to terminate every run and exit (RFC 3179 5.2).
     let deadline = tokio::time::Instant::now() + opts.grace + Duration::from_secs(5);
     for slot in runs.values() {
         // Waits for room: a live run keeps taking controls; an ended one fails at once.
@@ -198,9 +292,65 @@ pub async fn serve(opts: Options) -> io::Result<()> {
     Ok(())
 }
 
+type Input = Box<dyn AsyncRead + Send + Unpin>;
+type Output = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// RFC 3179 8.2: connects to the host and learns the cookie its `211` must carry.
+async fn connect_tcp() -> io::Result<(Input, Output, Option<Authenticator>)> {
+    let auth = read_cookie();
+    let host = std::env::var("SMX_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let port = std::env::var("SMX_PORT").unwrap_or_default();
+    let failed = |why: String| {
+        io::Error::other(format!(
+            "cannot connect to the host at {host}:{port}: {why}"
+        ))
+    };
+    let port_n: u16 = port
+        .parse()
+        .map_err(|_| failed("SMX_PORT is not a port".into()))?;
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port_n))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    stream.set_nodelay(true)?;
+    let (r, w) = stream.into_split();
+    Ok((Box::new(r), Box::new(w), auth))
+}
+
+/// The cookie, hex: read to EOF from the inherited fd `SMX_COOKIE_FD` (then closed), else
+/// `SMX_COOKIE` (RFC 2593 style). Without one, `hello` is answered without Authenticator
+/// and the host closes the connection, which is the right outcome.
+fn read_cookie() -> Option<Authenticator> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let text = match std::env::var("SMX_COOKIE_FD") {
+        Ok(fd) => {
+            let fd: i32 = fd.parse().ok().filter(|&fd| fd > 2)?;
+            // SAFETY: F_GETFD only asks whether the fd is open.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+                tracing::error!("SMX_COOKIE_FD={fd} is not an open file descriptor");
+                return None;
+            }
+            // SAFETY: the fd is open, inherited for this purpose, and owned (and closed) here.
+            let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+            let mut s = String::new();
+            if let Err(e) = f.read_to_string(&mut s) {
+                tracing::error!("cannot read the cookie from fd {fd}: {e}");
+                return None;
+            }
+            s
+        }
+        Err(_) => std::env::var("SMX_COOKIE").ok()?,
+    };
+    let auth = hex::decode(text.trim()).ok().and_then(Authenticator::new);
+    if auth.is_none() {
+        tracing::error!("the cookie is not a HexString; answering hello without it");
+    }
+    auth
+}
+
 /// stdin as a non-blocking pipe when it is one (the host's case: no thread hop per read),
 /// else tokio's blocking-thread stdin.
-fn stdio_in() -> Box<dyn AsyncRead + Send + Unpin> {
+fn stdio_in() -> Input {
     let fd = std::io::stdin().as_fd().try_clone_to_owned();
     match fd.map(tokio::net::unix::pipe::Receiver::from_owned_fd) {
         Ok(Ok(r)) => Box::new(r),
@@ -209,7 +359,7 @@ fn stdio_in() -> Box<dyn AsyncRead + Send + Unpin> {
 }
 
 /// stdout as a non-blocking pipe when it is one, else tokio's blocking-thread stdout.
-fn stdio_out() -> Box<dyn tokio::io::AsyncWrite + Send + Unpin> {
+fn stdio_out() -> Output {
     let fd = std::io::stdout().as_fd().try_clone_to_owned();
     match fd.map(tokio::net::unix::pipe::Sender::from_owned_fd) {
         Ok(Ok(w)) => Box::new(w),
@@ -220,6 +370,7 @@ fn stdio_out() -> Box<dyn tokio::io::AsyncWrite + Send + Unpin> {
 async fn handle(
     line: &[u8],
     opts: &Options,
+    auth: Option<&Authenticator>,
     runs: &mut HashMap<RunId, RunSlot>,
     tasks: &mut JoinSet<RunId>,
     out: &Out,
@@ -241,7 +392,7 @@ async fn handle(
                 Reply::Hello {
                     id,
                     version: Version::V1_1,
-                    auth: None,
+                    auth: auth.cloned(),
                 },
             )
             .await
@@ -279,8 +430,17 @@ async fn handle(
                     .await;
                     let state = Arc::new(Mutex::new(RunState::Executing));
                     let (ctl_tx, ctl_rx) = mpsc::channel(CTL_QUEUE);
-                    let job =
-                        supervise(run, spawned, state.clone(), ctl_rx, out.clone(), opts.grace);
+                    let pid = spawned.child.id().unwrap_or(0);
+                    let stops = Arc::new(StopReport::default());
+                    let job = supervise(
+                        run,
+                        spawned,
+                        state.clone(),
+                        ctl_rx,
+                        stops.clone(),
+                        out.clone(),
+                        opts.grace,
+                    );
                     let task = tasks.spawn(async move {
                         job.await;
                         run
@@ -291,6 +451,8 @@ async fn handle(
                             state,
                             ctl: ctl_tx,
                             task: task.id(),
+                            pid,
+                            stops,
                         },
                     );
                 }
@@ -349,14 +511,19 @@ async fn handle(
     }
 }
 
+/// RFC 3179 6.1.2 item 3: "the name of a file on the local storage device, that can be
+/// read". Whether it can also be executed is item 5's business (see [`spawn_script`]).
 fn readable_file(p: &Path) -> bool {
+    access(p, libc::R_OK) && std::fs::metadata(p).is_ok_and(|m| m.is_file())
+}
+
+fn access(p: &Path, mode: i32) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
         return false;
     };
     // SAFETY: access(2) on a valid C string.
-    let ok = unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::X_OK) } == 0;
-    ok && std::fs::metadata(p).is_ok_and(|m| m.is_file())
+    unsafe { libc::access(c.as_ptr(), mode) == 0 }
 }
 
 struct Spawned {
@@ -383,6 +550,14 @@ fn spawn_script(
     profile: &Profile,
     argument: &Octets,
 ) -> io::Result<Spawned> {
+    if !access(path, libc::X_OK) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            NotExecutable { mode },
+        ));
+    }
     check_format(path)?;
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let mut cmd = std::process::Command::new(path);
@@ -396,6 +571,10 @@ fn spawn_script(
         .env("SMX_SCRIPT", path)
         .env("SMX_REPORT_FD", REPORT_FD.to_string())
         .env_remove("SMX_TRANSPORT")
+        .env_remove("SMX_HOST")
+        .env_remove("SMX_PORT")
+        .env_remove("SMX_COOKIE")
+        .env_remove("SMX_COOKIE_FD")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -459,6 +638,7 @@ async fn supervise(
     mut sp: Spawned,
     state: Arc<Mutex<RunState>>,
     mut ctl: mpsc::Receiver<Ctl>,
+    stops: Arc<StopReport>,
     out: Out,
     grace: Duration,
 ) {
@@ -542,6 +722,13 @@ async fn supervise(
                     _ => push(&mut outbox, Reply::Negative { id, code: Negative::CannotChange }),
                 },
             },
+            // The script stopped or continued on its own (see report_stops).
+            _ = stops.notify.notified(), if matches!(current, RunState::Executing | RunState::Suspended) && outbox.len() < RUN_OUTBOX => {
+                if let Some(now) = stops.take().filter(|&now| now != current && still(pid, now)) {
+                    set_state(&state, now);
+                    push(&mut outbox, Reply::StateChange { run, state: now });
+                }
+            }
             permit = out.reserve(), if !outbox.is_empty() => match permit {
                 Ok(p) => p.send(outbox.pop_front().expect("outbox is not empty")),
                 // The writer is gone (so is the host): nothing can be told any more.
@@ -584,7 +771,7 @@ async fn supervise(
     let ((mut result, cut), (err, _)) = tokio::time::timeout_at(collect_until, collect)
         .await
         .unwrap_or_default();
-    let tail = last_line(&err);
+    let lines = last_lines(&err, SYNTAX_ERROR_LINES);
     let status = match status {
         Ok(s) => s,
         Err(e) => {
@@ -616,7 +803,12 @@ async fn supervise(
             return;
         }
     };
-    let code = exit_code_for(status, aborted, &tail);
+    let code = exit_code_for(status, aborted, &lines);
+    // The error text: a shell's syntax error message, else the last line of stderr.
+    let tail = match code {
+        ExitCode::LanguageError => syntax_error_line(&lines).unwrap_or_default().trim(),
+        _ => lines.lines().next_back().unwrap_or_default(),
+    };
     if !result.is_empty() && !aborted {
         if result.ends_with(b"\r\n") {
             result.truncate(result.len() - 2);
@@ -788,15 +980,19 @@ fn stop_pending(pid: i32) -> bool {
         .any(|m| m & bit != 0)
 }
 
-fn last_line(bytes: &[u8]) -> String {
+/// The last `n` non-empty lines, trimmed, each at most 240 characters, oldest first.
+fn last_lines(bytes: &[u8], n: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
-    let line = text
+    let mut lines: Vec<String> = text
         .lines()
         .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim();
-    line.chars().take(240).collect()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(n)
+        .map(|l| l.chars().take(240).collect())
+        .collect();
+    lines.reverse();
+    lines.join("\n")
 }
 
 #[cfg(test)]
@@ -843,6 +1039,15 @@ mod tests {
             exit_code_for(exit(2), false, "usage"),
             ExitCode::RuntimeError
         );
+        // bash: the error, then the offending line quoted.
+        let bash =
+            "x.sh: line 2: syntax error near unexpected token `then'\nx.sh: line 2: `if then'";
+        assert_eq!(exit_code_for(exit(2), false, bash), ExitCode::LanguageError);
+        assert_eq!(
+            syntax_error_line(bash),
+            Some("x.sh: line 2: syntax error near unexpected token `then'")
+        );
+        assert_eq!(syntax_error_line("syntax error\nsome\nmore"), None);
         assert_eq!(exit_code_for(exit(1), false, ""), ExitCode::RuntimeError);
         assert_eq!(
             exit_code_for(sig(libc::SIGSEGV), false, ""),

@@ -2198,3 +2198,129 @@ async fn s8_line_reader_one_byte_reads() {
         ]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The golden vectors (tests/vectors/smx.txt), shared with smx conform and the Python and Tcl
+// runtimes' own tests
+
+/// What a runtime that has just said hello and runs nothing answers to `msg`, by the codec:
+/// the decode error's reply (section 6.1), else 211 (6.1.1), else for `start` items 3 and 4
+/// of 6.1.2 (the vectors name a missing file, or a readable one with a profile no runtime
+/// knows), else 431 (no such run, 6.1.3-6.1.6 item 1).
+fn fresh_runtime_answer(msg: &[u8]) -> Option<Reply> {
+    match Command::decode(msg) {
+        Err(e) => e.reply(),
+        Ok(Command::Hello { id }) => Some(Reply::Hello {
+            id,
+            version: Version::V1_1,
+            auth: None,
+        }),
+        Ok(Command::Start {
+            id,
+            script,
+            profile,
+            ..
+        }) => {
+            use std::os::unix::ffi::OsStrExt;
+            let path = std::path::Path::new(std::ffi::OsStr::from_bytes(script.as_bytes()));
+            let readable = std::fs::File::open(path)
+                .and_then(|f| f.metadata())
+                .is_ok_and(|m| m.is_file());
+            if !readable {
+                return Some(neg(id.0, Negative::IllegalScript));
+            }
+            assert_eq!(
+                profile.as_str(),
+                "smx-vector-unknown",
+                "{}: a vector must not start a run",
+                show(msg)
+            );
+            Some(neg(id.0, Negative::IllegalProfile))
+        }
+        Ok(c) => Some(neg(c.id().0, Negative::IllegalRunId)),
+    }
+}
+
+/// RFC 3179 sections 5 and 6.1, tests/vectors/smx.txt: the codec (the exec runtime's parser,
+/// and the grammar `smx conform` holds runtimes to) answers every golden vector exactly as
+/// the file says, byte for byte.
+#[test]
+fn golden_vectors_match_the_codec() {
+    let vectors = smx::conform::vectors().expect("tests/vectors/smx.txt parses");
+    assert!(vectors.len() >= 250, "only {} vectors", vectors.len());
+    let mut failures = Vec::new();
+    for v in &vectors {
+        let got = fresh_runtime_answer(&v.command).map(|r| r.to_bytes());
+        let want = v.answer.as_ref().map(|r| r.to_bytes());
+        if got != want {
+            failures.push(format!(
+                "smx.txt:{} ({}) {}: want {:?}, codec answers {:?}",
+                v.line,
+                v.section,
+                v.text,
+                v.answer_text,
+                got.as_deref().map(show)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The vector file's own rules: every section is one RFC 3179 names, every check order of
+/// 6.1.2 item 1 and every reply code a fresh runtime can owe is covered.
+#[test]
+fn golden_vectors_cover_the_grammar() {
+    let vectors = smx::conform::vectors().expect("tests/vectors/smx.txt parses");
+    let sections = [
+        "5.1", "5.2", "6.1", "6.1.1", "6.1.2", "6.1.3", "6.1.4", "6.1.5", "6.1.6",
+    ];
+    for v in &vectors {
+        assert!(
+            sections.contains(&v.section),
+            "smx.txt:{}: section {}",
+            v.line,
+            v.section
+        );
+    }
+    let codes: std::collections::BTreeSet<u16> = vectors
+        .iter()
+        .map(|v| v.answer.as_ref().map_or(0, Reply::code))
+        .collect();
+    assert_eq!(
+        codes.into_iter().collect::<Vec<_>>(),
+        [0, 211, 401, 402, 421, 431, 432, 433],
+        "discard and every reply a runtime owes a fresh command"
+    );
+    for w in ["hello", "start", "suspend", "resume", "abort", "status"] {
+        for code in [401, 431] {
+            if w == "hello" && code == 431 {
+                continue;
+            }
+            assert!(
+                vectors
+                    .iter()
+                    .any(|v| v.text.to_ascii_lowercase().starts_with(w)
+                        && v.answer.as_ref().is_some_and(|r| r.code() == code)),
+                "no {code} vector for {w}"
+            );
+        }
+    }
+    // All 16 combinations of good and bad start parameters (6.1.2 item 1 a-d).
+    let order = vectors
+        .iter()
+        .filter(|v| v.section == "6.1.2")
+        .filter(|v| (20..36).any(|id| v.text.starts_with(&format!("start {id} "))))
+        .count();
+    assert_eq!(order, 16, "the 6.1.2 item 1 order matrix");
+    let text = |s: &str| vectors.iter().any(|v| v.text.contains(s));
+    for s in [
+        "<09>",
+        "<0A>",
+        "<0D>",
+        "<00>",
+        "18446744073709551615",
+        "18446744073709551616",
+    ] {
+        assert!(text(s), "no vector with {s}");
+    }
+}

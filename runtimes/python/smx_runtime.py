@@ -203,6 +203,12 @@ class _Cursor:
         self.pos = m.end()
         return bytes.fromhex(m.group().decode("ascii"))
 
+    def field_end(self):
+        """A field ends at WSP, CR, LF or the end of the line, as a token does: `"a"x` or
+        `ABZZ` is one bad field (so start blames the right parameter, section 6.1.2 item 1),
+        not a good field followed by junk."""
+        return self.pos >= len(self.msg) or self.msg[self.pos] in b" \t\r\n"
+
     def at_end(self):
         return self.msg[self.pos:] in (b"\r\n", b"\n")
 
@@ -232,7 +238,7 @@ def parse_command(msg, truncated=False):
         if not c.wsp():
             raise Reject(421, cid, "bad Script")
         script = c.quoted()
-        if script is None:
+        if script is None or not c.field_end():
             raise Reject(421, cid, "bad Script")
         profile = c.field(lambda t: t.decode("ascii") if _PROFILE.match(t) else None)
         if profile is None:
@@ -242,7 +248,7 @@ def parse_command(msg, truncated=False):
         if not c.wsp():
             raise Reject(433, cid, "bad Argument")
         argument = c.value()
-        if argument is None:
+        if argument is None or not c.field_end():
             raise Reject(433, cid, "bad Argument")
         fields = (run, script, profile, argument)
     else:

@@ -26,6 +26,7 @@ namespace eval ::smx {
     variable stdioMoved 0      ;# 1 when SMX is not on fds 0/1 (TCP, or moved off in pipe mode)
     variable shutting  0
     variable skipping  0       ;# 1 while dropping the rest of an overlong input line
+    variable Outbox    ""      ;# messages not yet written (see Send)
 
     variable Step       1000   ;# child commands between two polls of the SMX channel
     variable SleepSlice 20     ;# ms; granularity of the child's interruptible `after ms`
@@ -73,18 +74,36 @@ proc ::smx::Log {msg} {
     catch {puts stderr "smx-tcl\[[pid]\]: $msg"}
 }
 
-# Writes one SMX message with CRLF. A failed write means the host is gone: exit.
+# Queues one SMX message with CRLF; Flush writes what is queued. Messages leave together
+# where the runtime would otherwise wait or run on (the end of a Poll, before and after a
+# blocking read, a script's result, the end of a run): over TCP, where Tcl 8.6 cannot set
+# TCP_NODELAY, a second message written alone would wait for the host's delayed ACK (40 ms).
 proc ::smx::Send {msg} {
+    variable Outbox
+    append Outbox "$msg\r\n"
+    if {[string length $Outbox] >= 65536} {
+        Flush
+    }
+}
+
+# Writes the queued messages. A failed write means the host is gone: exit.
+proc ::smx::Flush {} {
+    variable Outbox
     variable out
     variable in
     variable shutting
+    if {$Outbox eq ""} {
+        return
+    }
+    set data $Outbox
+    set Outbox ""
     if {[catch {
         if {$out eq $in} {
             # TCP: one channel for both directions; write in blocking mode.
             set blocking [chan configure $out -blocking]
             chan configure $out -blocking 1
         }
-        puts -nonewline $out "$msg\r\n"
+        puts -nonewline $out $data
         flush $out
         if {$out eq $in} {
             chan configure $out -blocking $blocking
@@ -159,6 +178,15 @@ proc ::smx::AtEnd {} {
     return [expr {$P == [string length $L]}]
 }
 
+# A field ends at WSP, CR, LF or the end of the line, as a token does: `"a"x` or `ABZZ` is
+# one bad field (so start blames the right parameter, section 6.1.2 item 1), not a good
+# field followed by junk.
+proc ::smx::FieldEnd {} {
+    upvar 1 L L P P
+    set c [string index $L $P]
+    return [expr {$c eq "" || $c eq " " || $c eq "\t" || $c eq "\r" || $c eq "\n"}]
+}
+
 # QuotedString at P; sets the decoded value in var, returns 0 on a syntax error.
 proc ::smx::Quoted {var} {
     upvar 1 L L P P $var value
@@ -211,6 +239,8 @@ proc ::smx::Dispatch {line} {
         Discard $line
         return
     }
+    # Replies carry the Id as a number (007 is 7), as the other runtimes write it.
+    set id [Canon $id]
     set word [string tolower $word]
     switch -exact -- $word {
         hello {
@@ -224,11 +254,11 @@ proc ::smx::Dispatch {line} {
             if {![Wsp]} { Send "431 $id"; return }
             set run [Token]
             if {![IsDigits $run]} { Send "431 $id"; return }
-            if {![Wsp] || ![Quoted script]} { Send "421 $id"; return }
+            if {![Wsp] || ![Quoted script] || ![FieldEnd]} { Send "421 $id"; return }
             if {![Wsp]} { Send "432 $id"; return }
             set profile [Token]
             if {![regexp {^[0-9A-Za-z./:_-]+$} $profile]} { Send "432 $id"; return }
-            if {![Wsp] || ![Value argument]} { Send "433 $id"; return }
+            if {![Wsp] || ![Value argument] || ![FieldEnd]} { Send "433 $id"; return }
             if {![AtEnd]} { Send "401 $id"; return }
             Start $id [Canon $run] $script $profile $argument
         }
@@ -275,6 +305,7 @@ proc ::smx::Poll {} {
                 read $in [chan pending input $in]
                 set skipping 1
             }
+            Flush
             return
         }
         if {[eof $in]} {
@@ -290,10 +321,12 @@ proc ::smx::Poll {} {
     }
 }
 
-# Waits for and handles one line (no event loop: nothing else runs meanwhile).
+# Waits for and handles one line and those that came with it (no event loop: nothing else
+# runs meanwhile).
 proc ::smx::ReadBlocking {} {
     variable in
     variable skipping
+    Flush
     chan configure $in -blocking 1
     set rc [catch {gets $in line} n]
     chan configure $in -blocking 0
@@ -313,6 +346,9 @@ proc ::smx::ReadBlocking {} {
             return
         }
         HandleLine $line
+        # Then whatever else already arrived, so that the replies leave together (Poll
+        # flushes when it runs out of complete lines).
+        Poll
     }
 }
 
@@ -336,7 +372,7 @@ proc ::smx::Shutdown {} {
             Send "232 $aid"
         }
     }
-    catch {flush $out}
+    Flush
     exit 0
 }
 
@@ -369,7 +405,7 @@ proc ::smx::Start {id run script profile argument} {
         set script ./$script
     }
     if {[catch {
-        if {![file isfile $script]} {
+        if {![DirsOnTheWay $script] || ![file isfile $script]} {
             error "not a regular file"
         }
         set f [open $script r]
@@ -409,6 +445,20 @@ proc ::smx::Start {id run script profile argument} {
         lappend Order $run
         Send "231 $id 1"
     }
+}
+
+# Whether every component of a file name but the last is a directory, as open(2) requires.
+# Tcl's file commands normalize a name first (to them "/etc/passwd/." and "/etc/passwd/x/.."
+# are /etc/passwd), so a name that names no file would otherwise be read as a script.
+proc ::smx::DirsOnTheWay {path} {
+    set prefix ""
+    foreach part [lrange [split $path /] 0 end-1] {
+        append prefix $part /
+        if {![file isdirectory $prefix]} {
+            return 0
+        }
+    }
+    return 1
 }
 
 proc ::smx::Known {id run} {
@@ -531,6 +581,7 @@ proc ::smx::Finish {run code {text ""}} {
     if {$i >= 0} {
         set Order [lreplace $Order $i $i]
     }
+    Flush
 }
 
 # The first run that waits to execute, or "".
@@ -609,6 +660,7 @@ proc ::smx::Execute {run} {
     if {$R($run,state) == 1} {
         set R($run,state) 2
         Send "531 0 $run 2"
+        Flush
     }
     set path $R($run,script)
     if {[catch {Prepare $run} c]} {
@@ -807,6 +859,7 @@ proc ::smx::Emit {run code bytes {final 0}} {
         set max $MaxError
     }
     Send "$code 0 $run 2 [Enc [string range $bytes 0 [expr {$max - 1}]]]"
+    Flush
 }
 
 # ---------------------------------------------------------------------------------------
@@ -1133,4 +1186,7 @@ proc ::smx::MasterBgError {msg opts} {
     Log "background error: [dict get $opts -errorinfo]"
 }
 
-::smx::Main
+# A test that sources this file (smx_runtime.test) sets ::smx_runtime_no_main first.
+if {![info exists ::smx_runtime_no_main]} {
+    ::smx::Main
+}

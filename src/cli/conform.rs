@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use smx::config::Transport;
+use smx::config::{CookieDelivery, Transport};
 use smx::conform::{Options, Verdict};
 use smx::proto::Profile;
 
@@ -23,6 +23,10 @@ pub struct ConformArgs {
     /// without it the checks that need a running script are skipped.
     #[arg(long)]
     pub script: Option<PathBuf>,
+    /// With --transport tcp: how the runtime gets its cookie, from the fd SMX_COOKIE_FD
+    /// names or (RFC 2593-era runtimes such as Scotty's Tnm) from SMX_COOKIE.
+    #[arg(long, value_enum, default_value = "fd")]
+    pub cookie: CookieArg,
     /// How long to wait for each expected reply.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -37,7 +41,16 @@ pub enum TransportArg {
     Tcp,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CookieArg {
+    Fd,
+    Env,
+}
+
 pub async fn conform(args: ConformArgs) -> Result<ExitCode> {
+    if args.cookie == CookieArg::Env && !matches!(args.transport, TransportArg::Tcp) {
+        return Err("--cookie env only applies to --transport tcp".into());
+    }
     let script = match args.script {
         Some(p) => {
             Some(std::fs::canonicalize(&p).map_err(|e| format!("--script {}: {e}", p.display()))?)
@@ -53,6 +66,10 @@ pub async fn conform(args: ConformArgs) -> Result<ExitCode> {
         profile: args.profile,
         script,
         timeout: args.timeout,
+        cookie: match args.cookie {
+            CookieArg::Fd => None,
+            CookieArg::Env => Some(CookieDelivery::Env),
+        },
     };
     let out = smx::conform::run(&opts, true).await;
     let count = |v| out.iter().filter(|o| o.verdict == v).count();

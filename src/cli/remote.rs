@@ -197,6 +197,14 @@ pub async fn control(sock: SocketArg, run: RunId, what: Control) -> Result<ExitC
     };
     if r.is_terminated() {
         println!("run {}: {} ({})", r.run_id, r.state, r.exit_code);
+    } else if matches!(what, Control::Suspend) && r.state == smx::proto::RunState::Executing {
+        // The runtime answered 434 (unable to change the status): the run went back to
+        // executing (RFC 3179 6.2.4; README "How smx reads RFC 3179").
+        eprintln!(
+            "smx: run {}: the runtime could not suspend it (434 unable to change the status of a running script); it is still executing",
+            r.run_id
+        );
+        return Ok(ExitCode::from(super::EXIT_SMX_ERROR));
     } else {
         println!("run {}: {}", r.run_id, r.state);
     }

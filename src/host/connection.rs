@@ -3,6 +3,7 @@
 //! process and ends the runs it still had.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::process::Child;
@@ -28,6 +29,7 @@ pub(super) async fn serve(
 ) {
     let mut idle_since: Option<Instant> = None;
     let mut exited: Option<std::process::ExitStatus> = None;
+    let mut unreadable = 0u64;
     let why = loop {
         if conn.is_closed() {
             break None;
@@ -52,7 +54,7 @@ pub(super) async fn serve(
         };
         tokio::select! {
             frame = reader.next() => match frame {
-                Ok(Some(Frame::Line(l))) => on_line(&inner, &conn, &l),
+                Ok(Some(Frame::Line(l))) => on_line(&inner, &conn, &l, &mut unreadable),
                 Ok(Some(Frame::Overlong)) => tracing::warn!(runtime = %conn.runtime, "ignoring over-long line (RFC 3179 6.2.x rule 2)"),
                 Ok(None) => break Some("closed the SMX connection".to_owned()),
                 Err(e) => break Some(format!("SMX connection failed: {e}")),
@@ -62,7 +64,7 @@ pub(super) async fn serve(
                 let drain = async {
                     while let Ok(Some(f)) = reader.next().await {
                         if let Frame::Line(l) = f {
-                            on_line(&inner, &conn, &l);
+                            on_line(&inner, &conn, &l, &mut unreadable);
                         }
                     }
                 };
@@ -84,7 +86,7 @@ pub(super) async fn serve(
         loop {
             tokio::select! {
                 frame = reader.next() => match frame {
-                    Ok(Some(Frame::Line(l))) => on_line(&inner, &conn, &l),
+                    Ok(Some(Frame::Line(l))) => on_line(&inner, &conn, &l, &mut unreadable),
                     Ok(Some(Frame::Overlong)) => {}
                     _ => break,
                 },
@@ -126,15 +128,15 @@ pub(super) async fn serve(
     finished.send_replace(true);
 }
 
-/// Applies one line from a runtime (RFC 3179 6.2.3-6.2.8).
-fn on_line(inner: &Arc<Inner>, conn: &Arc<Conn>, line: &[u8]) {
+/// Unreadable lines of one connection logged at WARN, before only every thousandth is.
+const UNREADABLE_WARNINGS: u64 = 10;
+
+/// Applies one line from a runtime (RFC 3179 6.2.3-6.2.8); `unreadable` counts the lines of
+/// this connection that could not be read.
+fn on_line(inner: &Arc<Inner>, conn: &Arc<Conn>, line: &[u8], unreadable: &mut u64) {
     let reply = match Reply::decode(line) {
         Ok(r) => r,
-        Err(why) => {
-            // Rule 2: a message that cannot be analyzed is ignored.
-            tracing::debug!(runtime = %conn.runtime, "ignoring line ({why}): {:?}", String::from_utf8_lossy(&line[..line.len().min(120)]));
-            return;
-        }
+        Err(why) => return on_unreadable(inner, conn, line, why, unreadable),
     };
     match reply.id() {
         Some(id) => match conn.take_pending(id, &reply) {
@@ -161,6 +163,55 @@ fn on_line(inner: &Arc<Inner>, conn: &Arc<Conn>, line: &[u8]) {
             apply_effects(inner, conn, run, effects);
         }
     }
+}
+
+/// Rule 2 of 6.2.3-6.2.8: a message that cannot be analyzed is ignored; but not silently.
+/// It is counted and logged (boundedly: a runtime may send nothing else), and if it was a
+/// result for a run of this connection, smRunError says that a result was lost.
+fn on_unreadable(
+    inner: &Arc<Inner>,
+    conn: &Arc<Conn>,
+    line: &[u8],
+    why: crate::proto::Malformed,
+    unreadable: &mut u64,
+) {
+    inner.unreadable_replies.fetch_add(1, Ordering::Relaxed);
+    *unreadable += 1;
+    let (code, run) = salvage(line);
+    let n = *unreadable;
+    if n <= UNREADABLE_WARNINGS || n.is_multiple_of(1000) {
+        let shown = String::from_utf8_lossy(&line[..line.len().min(120)]);
+        let run = run.map(|r| r.to_string()).unwrap_or_else(|| "-".into());
+        tracing::warn!(runtime = %conn.runtime, pid = ?conn.pid, run = %run, "unreadable line ignored ({why}; {n} so far from this runtime): {shown:?}");
+    }
+    if let (Some(code @ 532..=534), Some(run)) = (code, run) {
+        let text = format!(
+            "a result from runtime {} could not be read ({code} line: {why}); smRunResult does not hold it",
+            conn.runtime
+        );
+        inner
+            .table
+            .lock()
+            .expect("table lock")
+            .result_unreadable(run, conn.id, &text);
+    }
+}
+
+/// What an unreadable line still says, read leniently: its reply code and, for a
+/// notification (`5yz 0 RunId ...`), the run.
+fn salvage(line: &[u8]) -> (Option<u16>, Option<RunId>) {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut fields = line.split(|&b| b == b' ' || b == b'\t');
+    let code = fields
+        .next()
+        .filter(|c| c.len() == 3 && c.iter().all(u8::is_ascii_digit))
+        .and_then(|c| std::str::from_utf8(c).ok()?.parse::<u16>().ok());
+    let run = match code {
+        Some(c) if (531..=538).contains(&c) => fields.nth(1).and_then(RunId::parse),
+        _ => None,
+    };
+    (code, run)
 }
 
 /// Carries out what a rule asked for that needs the connection.
@@ -199,5 +250,31 @@ fn on_closed(inner: &Arc<Inner>, conn: &Arc<Conn>, why: &str) {
         .close_conn(conn.id, why);
     for run in ended {
         tracing::warn!(run = %run, "{why}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salvage_reads_code_and_run_of_what_does_not_parse() {
+        let cases: [(&[u8], Option<u16>, Option<u64>); 7] = [
+            (b"532 0 7 2 \"a\rb\"\r\n", Some(532), Some(7)),
+            (b"533\t0\t8\t2\t\"\x01\"\n", Some(533), Some(8)),
+            (b"534 0 9\r\n", Some(534), Some(9)),
+            (b"538 0 x 1\r\n", Some(538), None),
+            (b"231 1 9\r\n", Some(231), None),
+            (b"garbage 1\r\n", None, None),
+            (b"", None, None),
+        ];
+        for (line, code, run) in cases {
+            assert_eq!(
+                salvage(line),
+                (code, run.map(RunId)),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
     }
 }

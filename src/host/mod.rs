@@ -91,6 +91,8 @@ pub struct HostStats {
     pub runs_active: usize,
     pub runs_in_table: usize,
     pub runtimes_started: u64,
+    /// Lines from runtimes that could not be read as SMX replies, and were ignored.
+    pub unreadable_replies: u64,
     pub runtime_processes: Vec<RuntimeProcess>,
 }
 
@@ -118,6 +120,8 @@ struct Inner {
     next_run: AtomicU64,
     next_conn: AtomicU64,
     runtimes_started: AtomicU64,
+    /// Lines from runtimes that were not SMX replies (`HostStats::unreadable_replies`).
+    unreadable_replies: AtomicU64,
     /// Set by `shutdown`: no new launches.
     closing: AtomicBool,
     /// Every task the host spawns.
@@ -145,6 +149,7 @@ impl Host {
             next_run: AtomicU64::new(1),
             next_conn: AtomicU64::new(1),
             runtimes_started: AtomicU64::new(0),
+            unreadable_replies: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -344,6 +349,7 @@ impl Host {
             runs_active: t.active(),
             runs_in_table: t.len(),
             runtimes_started: self.inner.runtimes_started.load(Ordering::Relaxed),
+            unreadable_replies: self.inner.unreadable_replies.load(Ordering::Relaxed),
             runtime_processes: procs,
         }
     }

@@ -714,6 +714,22 @@ impl Table {
         );
     }
 
+    /// A line from `conn` that should have carried a result for `id` could not be read
+    /// (RFC 3179 6.2.x rule 2 ignores it): smRunError says so, with `why`, so that the run
+    /// does not end looking as if the script had had nothing to say. Only a run started on
+    /// that connection and still taking notifications (as in 6.2.8) is changed; returns
+    /// whether it was.
+    pub fn result_unreadable(&mut self, id: RunId, conn: ConnId, why: &str) -> bool {
+        let Some(r) = self.runs.get(&id) else {
+            return false;
+        };
+        if r.bound != Some(conn) || r.info.is_terminated() && r.exit_reported {
+            return false;
+        }
+        self.set_error(id, why.as_bytes(), false);
+        true
+    }
+
     /// Ends a run: state terminated, end time, lifetime 0, expire time ticking. `exit`, if
     /// given, is the final ExitCode; `error`, if given, becomes smRunError. Returns false if
     /// the run had already terminated (nothing changes then).
