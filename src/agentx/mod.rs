@@ -7,6 +7,7 @@
 //! bytes, like [`crate::proto`], so the session, the tests, the fuzzers and the benchmarks
 //! share one implementation.
 //!
+//! - [`Framer`] cuts a byte stream into whole PDUs and caps what a peer can make it buffer;
 //! - [`Pdu::decode`] turns one PDU into typed values, or says which construct at which
 //!   offset is wrong ([`DecodeError`]); it never panics and never allocates more than its
 //!   input's size;
@@ -20,6 +21,7 @@
 
 mod admin;
 mod error;
+mod framer;
 mod header;
 mod oid;
 mod pdu;
@@ -33,6 +35,7 @@ pub use admin::{
     Register, RemoveAgentCaps, SubidRange, Unregister,
 };
 pub use error::{DecodeError, EncodeError, Malformed};
+pub use framer::{DEFAULT_MAX_PAYLOAD, FrameError, Framer};
 pub use header::{ByteOrder, HEADER_LEN, Header, PduType, VERSION, flags};
 pub use oid::{MAX_SUBIDS, Oid, OidError, SearchRange};
 pub use pdu::{Payload, Pdu};
