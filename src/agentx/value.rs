@@ -9,6 +9,8 @@ use super::error::{EncodeError, Malformed};
 use super::oid::Oid;
 use super::wire::{Reader, Step, Writer};
 
+const UNKNOWN_TYPE: &str = "v.type 2, 4, 5, 6, 64-68, 70 or 128-130";
+
 /// A `v.type` with its `v.data`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -76,6 +78,12 @@ impl VarBind {
     pub(crate) fn decode(r: &mut Reader<'_>) -> Step<VarBind> {
         let at = r.pos();
         let (code, _reserved) = r.u16_pair("a VarBind type")?;
+        if !matches!(code, 2 | 4..=6 | 64..=68 | 70 | 128..=130) {
+            return Err(Malformed {
+                at,
+                expected: UNKNOWN_TYPE,
+            });
+        }
         // The name's include octet is "0" (section 5.4); like reserved octets it is not checked.
         let (name, _) = Oid::decode(r)?;
         let data = "the VarBind's data";
@@ -104,7 +112,7 @@ impl VarBind {
             _ => {
                 return Err(Malformed {
                     at,
-                    expected: "v.type 2, 4, 5, 6, 64-68, 70 or 128-130",
+                    expected: UNKNOWN_TYPE,
                 });
             }
         };
