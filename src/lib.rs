@@ -10,6 +10,7 @@
 //! - [`conform`]: the conformance suite for any runtime (`smx conform`).
 //! - [`control`]: the daemon and its local control protocol; [`client`] talks to it.
 
+pub mod agentx;
 pub mod client;
 pub mod config;
 pub mod conform;
