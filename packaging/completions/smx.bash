@@ -238,7 +238,7 @@ _smx() {
             return 0
             ;;
         smx__subcmd__conform)
-            opts="-v -h --transport --profile --script --timeout --verbose --help"
+            opts="-v -h --transport --profile --script --cookie --timeout --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -254,6 +254,10 @@ _smx() {
                     ;;
                 --script)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cookie)
+                    COMPREPLY=($(compgen -W "fd env" -- "${cur}"))
                     return 0
                     ;;
                 --timeout)

@@ -57,6 +57,8 @@ complete -c smx -n "__fish_smx_using_subcommand conform" -l transport -d 'How th
 tcp\t''"
 complete -c smx -n "__fish_smx_using_subcommand conform" -l profile -d 'A runtime security profile the runtime accepts' -r
 complete -c smx -n "__fish_smx_using_subcommand conform" -l script -d 'A conformance script in the runtime\'s language (see docs/writing-a-runtime.md); without it the checks that need a running script are skipped' -r -F
+complete -c smx -n "__fish_smx_using_subcommand conform" -l cookie -d 'With --transport tcp: how the runtime gets its cookie, from the fd SMX_COOKIE_FD names or (RFC 2593-era runtimes such as Scotty\'s Tnm) from SMX_COOKIE' -r -f -a "fd\t''
+env\t''"
 complete -c smx -n "__fish_smx_using_subcommand conform" -l timeout -d 'How long to wait for each expected reply' -r
 complete -c smx -n "__fish_smx_using_subcommand conform" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c smx -n "__fish_smx_using_subcommand conform" -s h -l help -d 'Print help'
