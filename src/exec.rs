@@ -950,9 +950,12 @@ fn report(run: RunId, state: RunState, line: &[u8]) -> Reply {
     }
 }
 
-/// Polls /proc until the process is (or is no longer) stopped; bounded to one second.
+/// Polls /proc until the process is (or is no longer) stopped; bounded to three seconds. A
+/// stop takes effect only once the target is scheduled, which on a loaded machine can take
+/// well over a second; the host's command timeout (10 s by default) is longer still.
 async fn wait_stopped(pid: i32, stopped: bool) -> bool {
-    for _ in 0..200 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline {
         match crate::process::proc_state(pid) {
             Some(c) if (c == 'T' || c == 't') == stopped => return true,
             // A vfork() parent whose child the same SIGSTOP stopped before exec stays in D
