@@ -53,7 +53,7 @@ pub struct State {
 }
 
 /// An smLaunchTable row with the columns answered from the run table and the clock.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LaunchView {
     #[serde(flatten)]
     pub row: LaunchRow,
@@ -65,7 +65,7 @@ pub struct LaunchView {
 }
 
 /// What a set request started.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 pub struct SetOutcome {
     /// The smRunTable rows that smLaunchStart created, as they are right after.
     pub started: Vec<RunInfo>,
