@@ -219,6 +219,17 @@ impl Mib {
         lang::tables(&self.inner.host.config(), &s.lang_index)
     }
 
+    /// The host's configuration was reloaded: runtimes new to it get an smLangIndex (the
+    /// others keep theirs), saved like the first ones.
+    pub fn config_reloaded(&self) {
+        let mut s = self.inner.state.lock().expect("mib lock");
+        if lang::assign_indexes(&self.inner.host.config(), &mut s.lang_index)
+            && let Some(store) = &self.inner.store
+        {
+            store.put(store::Op::LangIndexes(s.lang_index.clone()));
+        }
+    }
+
     /// smScriptTable, in index order.
     pub fn scripts(&self) -> Vec<ScriptRow> {
         let s = self.inner.state.lock().expect("mib lock");
