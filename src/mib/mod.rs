@@ -531,6 +531,11 @@ impl Mib {
                     l.error = crate::host::admin_string(e.as_bytes());
                 }
             }
+            // smLaunchStart and smLaunchError as read after a restart: the row was saved
+            // by the request, before the start.
+            if l.storage_type == StorageType::NonVolatile {
+                self.persist(&s, &[Touched::Launch(key)]);
+            }
         }
         result
     }
