@@ -333,6 +333,19 @@ impl Mib {
         let mut outcome = SetOutcome::default();
         let mut failed = None;
         for a in actions {
+            // A URL is retrieved in the background (the request is answered with the row
+            // `retrieving`); code from smCodeTable or the storage loads before the answer.
+            if let Action::Enable { owner, name } = &a
+                && self
+                    .script(owner, name)
+                    .is_some_and(|r| !r.source.is_empty())
+            {
+                let m = self.clone();
+                self.inner.tasks.spawn(async move {
+                    let _ = m.execute(a).await;
+                });
+                continue;
+            }
             let start = matches!(a, Action::Start { .. });
             match self.execute(a).await {
                 Ok(Some(run)) => outcome.started.push(run),
