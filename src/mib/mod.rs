@@ -1076,31 +1076,18 @@ impl Mib {
             name: n.into(),
             col,
         };
-        let mut changes = Vec::new();
-        if let Some(old) = self.script(o, n) {
-            if old.oper_status == ScriptOper::Enabled {
-                changes.push(s(ScriptCol::AdminStatus(ScriptAdmin::Disabled.number())));
-                self.set(who, &changes)
-                    .await
-                    .map_err(|e| MibError::at(&changes, e))?;
-                changes.clear();
-            }
-            changes.push(s(ScriptCol::RowStatus(RowStatus::Destroy.number())));
-            self.set(who, &changes)
-                .await
-                .map_err(|e| MibError::at(&changes, e))?;
-            changes.clear();
-        }
-        changes.push(s(ScriptCol::RowStatus(RowStatus::CreateAndWait.number())));
-        changes.push(s(ScriptCol::Language(lang as i64)));
-        changes.push(s(ScriptCol::Descr(
-            spec.descr.unwrap_or_default().into_bytes(),
-        )));
+        let mut create = vec![
+            s(ScriptCol::RowStatus(RowStatus::CreateAndWait.number())),
+            s(ScriptCol::Language(lang as i64)),
+            s(ScriptCol::Descr(
+                spec.descr.unwrap_or_default().into_bytes(),
+            )),
+        ];
         if let Some(st) = spec.storage_type {
-            changes.push(s(ScriptCol::StorageType(st.number())));
+            create.push(s(ScriptCol::StorageType(st.number())));
         }
         match &spec.source {
-            Some(url) => changes.push(s(ScriptCol::Source(url.clone().into_bytes()))),
+            Some(url) => create.push(s(ScriptCol::Source(url.clone().into_bytes()))),
             None => {
                 if spec.content.is_empty() {
                     return Err(MibError::BadRequest("the script is empty".into()));
@@ -1112,14 +1099,33 @@ impl Mib {
                         index: i as u32 + 1,
                         col,
                     };
-                    changes.push(c(CodeCol::RowStatus(RowStatus::CreateAndGo.number())));
-                    changes.push(c(CodeCol::Text(frag.to_vec())));
+                    create.push(c(CodeCol::RowStatus(RowStatus::CreateAndGo.number())));
+                    create.push(c(CodeCol::Text(frag.to_vec())));
                 }
             }
         }
-        self.set(who, &changes)
+        // A replacement that cannot go through leaves the old script as it is: the new row
+        // is checked as if the old one were gone, and the old one must be removable.
+        self.test_fresh(who, &create)
+            .map_err(|e| MibError::at(&create, e))?;
+        if let Some(old) = self.script(o, n) {
+            self.removable(o, n)?;
+            let mut changes = Vec::new();
+            if old.oper_status == ScriptOper::Enabled {
+                changes.push(s(ScriptCol::AdminStatus(ScriptAdmin::Disabled.number())));
+                self.set(who, &changes)
+                    .await
+                    .map_err(|e| MibError::at(&changes, e))?;
+                changes.clear();
+            }
+            changes.push(s(ScriptCol::RowStatus(RowStatus::Destroy.number())));
+            self.set(who, &changes)
+                .await
+                .map_err(|e| MibError::at(&changes, e))?;
+        }
+        self.set(who, &create)
             .await
-            .map_err(|e| MibError::at(&changes, e))?;
+            .map_err(|e| MibError::at(&create, e))?;
         let enable = [
             s(ScriptCol::RowStatus(RowStatus::Active.number())),
             s(ScriptCol::AdminStatus(ScriptAdmin::Enabled.number())),
@@ -1128,6 +1134,49 @@ impl Mib {
             .await
             .map_err(|e| MibError::at(&enable, e))?;
         self.script(o, n).ok_or(MibError::NoSuchRow("script"))
+    }
+
+    /// Checks `changes` (that create the script row they name) as if no rows existed yet.
+    fn test_fresh(&self, who: &Principal, changes: &[Change]) -> Result<(), (usize, SetError)> {
+        let fresh = State {
+            lang_index: self
+                .inner
+                .state
+                .lock()
+                .expect("mib lock")
+                .lang_index
+                .clone(),
+            ..State::default()
+        };
+        set::stage(
+            &fresh,
+            changes,
+            who,
+            &HostRuns(&self.inner.host),
+            SystemTime::now(),
+            Instant::now(),
+        )
+        .map(|_| ())
+    }
+
+    /// Whether the script (owner, name) may be disabled and destroyed now: the check that
+    /// destroy makes (RFC 3165 7.4), made before the row is disabled, so that a refusal
+    /// leaves it enabled.
+    fn removable(&self, owner: &str, name: &str) -> Result<(), MibError> {
+        let running = self
+            .launches()
+            .into_iter()
+            .find(|l| l.row.script_owner == owner && l.row.script_name == name && l.running > 0);
+        match running {
+            Some(l) => Err(MibError::Set {
+                column: "smScriptRowStatus",
+                error: SetError::InconsistentValue(format!(
+                    "scripts launched from this row are still running (launch button {}/{})",
+                    l.row.owner, l.row.name
+                )),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Disables and destroys a script row (RFC 3165 7.4).
@@ -1140,6 +1189,7 @@ impl Mib {
         if self.script(owner, name).is_none() {
             return Err(MibError::NoSuchRow("script"));
         }
+        self.removable(owner, name)?;
         let s = |col| Change::Script {
             owner: owner.into(),
             name: name.into(),
