@@ -183,7 +183,8 @@ async fn install(args: InstallArgs) -> Result<ExitCode> {
             format!(": {}", row.error)
         };
         return Err(format!(
-            "script {owner}/{name} is not enabled: smScriptOperStatus {}{why}",
+            "script {owner}/{name} is not enabled: smScriptOperStatus {}{why} (the row stays, \
+             as in the MIB: `smx script remove {owner} {name}` removes it)",
             row.oper_status
         )
         .into());
