@@ -974,3 +974,1051 @@ async fn script_sources_file_http_and_unknown_schemes() {
     // The guest's file: URL was read as the guest, not as the daemon (root).
     assert_ne!(guest_uid, 0);
 }
+
+// =======================================================================================
+// mib_set: SNMP set requests over the control socket.
+
+async fn exec_index(c: &mut Client) -> i64 {
+    lang_indexes(c).await["exec"] as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn mib_set_creates_rows_refuses_bad_sets_starts_and_fans_out() {
+    need_root!();
+    let tmp = tempdir();
+    let d = Daemon::start(tmp.path(), false, "", "");
+    let mut c = d.client().await;
+    let lang = exec_index(&mut c).await;
+
+    // One request: a script row and a launch button row, createAndWait with several
+    // columns each, and the script's code in two smCodeTable rows (one given in hex).
+    let s = |column: &str, v: Value| col("script", "ops", "ms.sh", column, v);
+    let code = |i: u32, column: &str, v: Value| indexed(col("code", "ops", "ms.sh", column, v), i);
+    let l = |column: &str, v: Value| col("launch", "ops", "msl", column, v);
+    let out = t(c.mib_set(vec![
+        s("smScriptRowStatus", json!(5)),
+        s("smScriptLanguage", json!(lang)),
+        s("smScriptDescr", json!("pushed over mib_set")),
+        s("smScriptStorageType", json!(2)),
+        code(1, "smCodeRowStatus", json!(4)),
+        code(1, "smCodeText", json!("#!/bin/sh\n")),
+        code(2, "smCodeRowStatus", json!(4)),
+        code(
+            2,
+            "smCodeText",
+            json!({"hex": hex::encode("echo \"ms $1\"\n")}),
+        ),
+        l("smLaunchRowStatus", json!(5)),
+        l("smLaunchScriptOwner", json!("ops")),
+        l("smLaunchScriptName", json!("ms.sh")),
+        l("smLaunchArgument", json!("arg1")),
+        l("smLaunchMaxRunning", json!(3)),
+        l("smLaunchMaxCompleted", json!(5)),
+        l("smLaunchLifeTime", json!(6000)),
+        l("smLaunchExpireTime", json!(30000)),
+    ]))
+    .await
+    .unwrap();
+    assert!(out.started.is_empty());
+    let script = script_row(&mut c, "ops", "ms.sh").await.unwrap();
+    assert_eq!(
+        (
+            script.row_status.as_str(),
+            script.oper_status.as_str(),
+            script.descr.as_str(),
+            script.language as i64
+        ),
+        ("notInService", "disabled", "pushed over mib_set", lang)
+    );
+    let code_rows = t(c.code("ops", "ms.sh")).await.unwrap();
+    assert_eq!(
+        code_rows.iter().map(|r| r.index).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(code_rows[1].text, b"echo \"ms $1\"\n");
+    let b = t(c.launches(Some("ops"))).await.unwrap();
+    assert_eq!(b.len(), 1);
+    let lr = &b[0].row;
+    assert_eq!(
+        (
+            lr.row_status.as_str(),
+            b[0].oper_status.as_str(),
+            lr.argument.to_string(),
+            lr.max_running,
+            lr.max_completed,
+            lr.lifetime.centis(),
+            lr.expire_time.centis()
+        ),
+        (
+            "notInService",
+            "disabled",
+            "arg1".to_owned(),
+            3,
+            5,
+            6000,
+            30000
+        )
+    );
+    // Second request: both rows active and enabled.
+    t(c.mib_set(vec![
+        s("smScriptRowStatus", json!(1)),
+        s("smScriptAdminStatus", json!(1)),
+        l("smLaunchRowStatus", json!(1)),
+        l("smLaunchAdminStatus", json!(1)),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(
+        script_row(&mut c, "ops", "ms.sh")
+            .await
+            .unwrap()
+            .oper_status,
+        ScriptOper::Enabled,
+        "code from smCodeTable is loaded before the answer"
+    );
+    assert_eq!(
+        t(c.launches(Some("ops"))).await.unwrap()[0]
+            .oper_status
+            .as_str(),
+        "enabled"
+    );
+
+    // smLaunchRunIndexNext, then smLaunchStart with that value.
+    let next = t(c.run_index_next("ops", "msl")).await.unwrap();
+    let again = t(c.run_index_next("ops", "msl")).await.unwrap();
+    assert!(next != 0 && again != 0 && next != again, "{next} {again}");
+    assert_eq!(t(c.run_index_next("ops", "nosuch")).await.unwrap(), 0);
+    let out = t(c.mib_set(vec![l("smLaunchStart", json!(next))]))
+        .await
+        .unwrap();
+    assert_eq!(out.started.len(), 1);
+    let run = &out.started[0];
+    assert_eq!(
+        (run.owner.as_str(), run.name.as_str(), run.index, run.state),
+        ("ops", "msl", next, RunState::Initializing),
+        "the row exists right after the set, state initializing"
+    );
+    let done = wait_run(&mut c, run).await;
+    assert_eq!(
+        (done.result.to_string(), done.exit_code),
+        ("ms arg1".to_owned(), ExitCode::NoError)
+    );
+    assert_eq!(t(c.launches(Some("ops"))).await.unwrap()[0].row.start, next);
+
+    // Every error status of a bad set, naming the change; nothing of the request happens
+    // (change 0 would create ops/half).
+    let half = || col("script", "ops", "half", "smScriptRowStatus", json!(5));
+    let in_use = format!("smRunIndex {next} is in use");
+    let in_use_words = ["change 1", "smLaunchStart", in_use.as_str()];
+    let bad: Vec<(Vec<ColumnSet>, ErrorCode, &[&str])> = vec![
+        (
+            vec![
+                half(),
+                col("script", "ops", "half", "smScriptAdminStatus", json!(9)),
+            ],
+            ErrorCode::WrongValue,
+            &["change 1", "smScriptAdminStatus", "wrongValue"],
+        ),
+        (
+            vec![
+                half(),
+                col(
+                    "script",
+                    "ops",
+                    "half",
+                    "smScriptDescr",
+                    json!("d".repeat(256)),
+                ),
+            ],
+            ErrorCode::WrongLength,
+            &["change 1", "smScriptDescr", "0..255 octets, not 256"],
+        ),
+        (
+            vec![
+                half(),
+                col("script", "ops", "x", "smScriptRowStatus", json!(4)),
+            ],
+            ErrorCode::InconsistentValue,
+            &["change 1", "smScriptLanguage must be set"],
+        ),
+        (
+            vec![half(), l("smLaunchStart", json!(next))],
+            ErrorCode::InconsistentValue,
+            &in_use_words,
+        ),
+        (
+            vec![
+                half(),
+                col("script", "ops", "nosuch", "smScriptDescr", json!("x")),
+            ],
+            ErrorCode::NoCreation,
+            &["change 1", "smScriptDescr", "no such smScriptTable row"],
+        ),
+        (
+            vec![
+                half(),
+                col(
+                    "script",
+                    "ops",
+                    &"n".repeat(33),
+                    "smScriptRowStatus",
+                    json!(5),
+                ),
+            ],
+            ErrorCode::NoCreation,
+            &["change 1", "name 1..32 octets"],
+        ),
+        (
+            vec![
+                half(),
+                indexed(col("run", "ops", "msl", "smRunControl", json!(1)), 999),
+            ],
+            ErrorCode::NoCreation,
+            &["change 1", "smRunControl", "no such smRunTable row"],
+        ),
+        (
+            vec![
+                half(),
+                col("script", "ops", "half", "smScriptRowStatus", json!("go")),
+            ],
+            ErrorCode::BadRequest,
+            &["change 1", "takes an integer", "wrongType"],
+        ),
+        (
+            vec![
+                half(),
+                col("script", "ops", "half", "smScriptBogus", json!(1)),
+            ],
+            ErrorCode::BadRequest,
+            &["change 1", "no column smScriptBogus"],
+        ),
+    ];
+    for (changes, want, words) in bad {
+        let (code, msg) = refused(t(c.mib_set(changes.clone())).await);
+        assert_eq!(code, want, "{changes:?}: {msg}");
+        for w in words {
+            assert!(msg.contains(w), "{w:?} in {msg:?}");
+        }
+        assert!(
+            script_row(&mut c, "ops", "half").await.is_none(),
+            "nothing half-created: {msg}"
+        );
+    }
+
+    // smLaunchControl fans out: three runs started by one request (each smLaunchStart is
+    // counted against smLaunchMaxRunning), suspended, resumed and aborted together.
+    t(c.script_install(content_spec(
+        "ops",
+        "sleeper.sh",
+        SLEEPER,
+        StorageType::Volatile,
+    )))
+    .await
+    .unwrap();
+    t(c.launch_add(LaunchSpec {
+        max_running: Some(3),
+        max_completed: Some(3),
+        ..button("ops", "fan", ("ops", "sleeper.sh"))
+    }))
+    .await
+    .unwrap();
+    let f = |column: &str, v: Value| col("launch", "ops", "fan", column, v);
+    let mut idx = Vec::new();
+    for _ in 0..3 {
+        idx.push(t(c.run_index_next("ops", "fan")).await.unwrap());
+    }
+    let out = t(c.mib_set(idx.iter().map(|i| f("smLaunchStart", json!(i))).collect()))
+        .await
+        .unwrap();
+    let mut got: Vec<u32> = out.started.iter().map(|r| r.index).collect();
+    got.sort();
+    let mut want = idx.clone();
+    want.sort();
+    assert_eq!(got, want);
+    let (code, msg) = refused(t(c.mib_set(vec![f("smLaunchStart", json!(0))])).await);
+    assert_eq!(code, ErrorCode::InconsistentValue);
+    assert!(msg.contains("check 6"), "{msg}");
+    let all = |s: RunState| move |rs: &[RunInfo]| rs.len() == 3 && rs.iter().all(|r| r.state == s);
+    runs_until(
+        &mut c,
+        "ops",
+        "fan",
+        15,
+        "all executing",
+        all(RunState::Executing),
+    )
+    .await;
+    for (control, state) in [
+        (2, RunState::Suspended),
+        (3, RunState::Executing),
+        (1, RunState::Terminated),
+    ] {
+        t(c.mib_set(vec![f("smLaunchControl", json!(control))]))
+            .await
+            .unwrap();
+        runs_until(
+            &mut c,
+            "ops",
+            "fan",
+            15,
+            &format!("all {state}"),
+            all(state),
+        )
+        .await;
+    }
+    let runs = runs_of(&mut c, "ops", "fan").await;
+    assert!(
+        runs.iter().all(|r| r.exit_code == ExitCode::Halted),
+        "{runs:#?}"
+    );
+    // Nothing left that abort applies to: inconsistentValue.
+    let (code, msg) = refused(t(c.mib_set(vec![f("smLaunchControl", json!(1))])).await);
+    assert_eq!(code, ErrorCode::InconsistentValue);
+    assert!(msg.contains("smLaunchControl"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn autostart_buttons_start_when_the_daemon_starts() {
+    need_root!();
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let mut d = Daemon::start(dir, true, "", "");
+    let mut c = d.client().await;
+    t(c.script_install(content_spec(
+        "ops",
+        "boot.sh",
+        "#!/bin/sh\necho \"booted $1\"\n",
+        StorageType::NonVolatile,
+    )))
+    .await
+    .unwrap();
+    // smLaunchAdminStatus autostart: the button starts a run when it becomes enabled; a
+    // volatile one does so too, but is not there after the restart.
+    for (name, st) in [
+        ("auto", StorageType::NonVolatile),
+        ("once", StorageType::Volatile),
+    ] {
+        t(c.launch_add(LaunchSpec {
+            argument: Some(Octets::from(name)),
+            max_completed: Some(5),
+            storage_type: Some(st),
+            admin_status: Some(smx::mib::LaunchAdmin::Autostart),
+            ..button("ops", name, ("ops", "boot.sh"))
+        }))
+        .await
+        .unwrap();
+        let runs = runs_until(&mut c, "ops", name, 15, "autostarted", |rs| {
+            rs.len() == 1 && rs[0].state == RunState::Terminated
+        })
+        .await;
+        assert_eq!(runs[0].result.to_string(), format!("booted {name}"));
+    }
+    drop(c);
+    d.stop();
+    drop(d);
+
+    let started = std::time::SystemTime::now();
+    let d = Daemon::start(dir, true, "", "");
+    let mut c = d.client().await;
+    let runs = runs_until(&mut c, "ops", "auto", 15, "autostarted again", |rs| {
+        rs.len() == 2 && rs.iter().all(|r| r.state == RunState::Terminated)
+    })
+    .await;
+    assert_eq!(runs[0].index, 1, "the run from before the restart");
+    assert!(runs[0].start_time < started);
+    assert_eq!(runs[1].index, 2, "a fresh smRunIndex");
+    assert!(runs[1].start_time >= started);
+    assert_eq!(runs[1].result.to_string(), "booted auto");
+    assert_eq!(runs[1].exit_code, ExitCode::NoError);
+    d.wait_log("autostart", 5).await;
+    // The volatile autostart button is gone: its run from before is all that is left.
+    assert!(
+        t(c.launches(None))
+            .await
+            .unwrap()
+            .iter()
+            .all(|l| l.row.name != "once")
+    );
+    assert_eq!(runs_of(&mut c, "ops", "once").await.len(), 1);
+}
+
+// =======================================================================================
+// The command line: smx script, smx launch, smx ps.
+
+fn json_keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    k.sort();
+    k
+}
+
+fn sorted(words: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = words.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn cli_script_and_launch_verbs_answer_as_the_mib_does() {
+    need_root!();
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let d = Daemon::start(dir, false, "", "");
+    let sock = d.socket.clone();
+    let s = Some(sock.as_path());
+    let sock_str = sock.to_str().unwrap();
+    let work = dir.join("work");
+    std::fs::create_dir(&work).unwrap();
+    let hello = file(&work, "hello.sh", HELLO, 0o644);
+    let hello_s = hello.to_str().unwrap();
+    let fail = file(
+        &work,
+        "fail.sh",
+        "#!/bin/sh\necho boom >&2\nexit 3\n",
+        0o644,
+    );
+    let sleeper = file(&work, "sleeper", SLEEPER, 0o644);
+    let py = file(&work, "hi.py", "print('hi')\n", 0o644);
+    let long = "n".repeat(33);
+
+    // script install: FILE, through SMX_SOCKET and through --socket.
+    let o = smx(&["script", "install", "ops", "hello.sh", hello_s], s);
+    assert_eq!(
+        ok_out(&o),
+        "script ops/hello.sh enabled: language exec, volatile\n"
+    );
+    // NAME without an extension: the language comes from FILE's.
+    let o = smx(
+        &[
+            "script",
+            "install",
+            "--socket",
+            sock_str,
+            "ops",
+            "hi",
+            py.to_str().unwrap(),
+            "--descr",
+            "from a file",
+            "--storage",
+            "nonVolatile",
+        ],
+        None,
+    );
+    assert_eq!(
+        ok_out(&o),
+        "script ops/hi enabled: language python, nonVolatile\n"
+    );
+    for (name, f) in [("fail.sh", &fail), ("sleeper", &sleeper)] {
+        ok_out(&smx(
+            &["script", "install", "ops", name, f.to_str().unwrap()],
+            s,
+        ));
+    }
+    let url = format!("file://{hello_s}");
+    let o = smx(&["script", "install", "ops", "url.sh", "--source", &url], s);
+    assert_eq!(
+        ok_out(&o),
+        format!("script ops/url.sh enabled: language exec, volatile, from {url}\n")
+    );
+    // Bad input: the MIB's answer, the row named, exit 1, nothing on stdout.
+    let missing = work.join("missing.sh");
+    fails(
+        &smx(
+            &[
+                "script",
+                "install",
+                "ops",
+                "x.sh",
+                missing.to_str().unwrap(),
+            ],
+            s,
+        ),
+        &[missing.to_str().unwrap(), "No such file"],
+    );
+    fails(
+        &smx(
+            &[
+                "script",
+                "install",
+                "ops",
+                "x.sh",
+                hello_s,
+                "--language",
+                "cobol",
+            ],
+            s,
+        ),
+        &[
+            "script ops/x.sh: ",
+            "unknown language \"cobol\"",
+            "(bad_request)",
+        ],
+    );
+    let descr = "d".repeat(256);
+    fails(
+        &smx(
+            &[
+                "script", "install", "ops", "x.sh", hello_s, "--descr", &descr,
+            ],
+            s,
+        ),
+        &[
+            "smScriptDescr: wrongLength",
+            "0..255 octets, not 256",
+            "(wrong_length)",
+        ],
+    );
+    fails(
+        &smx(&["script", "install", "ops", &long, hello_s], s),
+        &["noCreation", "name 1..32 octets", "(no_creation)"],
+    );
+    fails(
+        &smx(
+            &[
+                "script",
+                "install",
+                "ops",
+                "u.sh",
+                "--source",
+                "file:///nonexistent/u.sh",
+            ],
+            s,
+        ),
+        &[
+            "script ops/u.sh is not enabled: smScriptOperStatus noSuchScript",
+            "/nonexistent/u.sh",
+            "smx script remove ops u.sh",
+        ],
+    );
+    fails(
+        &smx(
+            &[
+                "script",
+                "install",
+                "ops",
+                "g.sh",
+                "--source",
+                "gopher://h/g.sh",
+            ],
+            s,
+        ),
+        &["smScriptOperStatus unknownProtocol", "gopher://h/g.sh"],
+    );
+    // Usage errors: exit 2, from clap.
+    for args in [
+        &["script", "install", "ops", "x.sh"][..],
+        &[
+            "script", "install", "ops", "x.sh", hello_s, "--source", &url,
+        ],
+        &[
+            "script",
+            "install",
+            "ops",
+            "x.sh",
+            hello_s,
+            "--storage",
+            "permanent",
+        ],
+        &["launch", "add", "ops", "x"],
+        &[
+            "launch",
+            "add",
+            "ops",
+            "x",
+            "--script",
+            "a/b",
+            "--max-running",
+            "-1",
+        ],
+        &[
+            "launch",
+            "start",
+            "ops",
+            "x",
+            "--argument",
+            "a",
+            "--argument-hex",
+            "00",
+        ],
+    ] {
+        let o = smx(args, s);
+        assert_eq!(o.code, Some(2), "{args:?}: {o:#?}");
+    }
+    assert!(
+        smx(
+            &[
+                "script",
+                "install",
+                "ops",
+                "x.sh",
+                hello_s,
+                "--storage",
+                "permanent"
+            ],
+            s
+        )
+        .stderr
+        .contains("not volatile or nonVolatile")
+    );
+
+    // script list and --json: the smScriptTable columns.
+    let o = smx(&["script", "list"], s);
+    let out = ok_out(&o);
+    let header = out.lines().next().unwrap();
+    for c in [
+        "OWNER", "NAME", "LANGUAGE", "ADMIN", "OPER", "STORAGE", "ROW",
+    ] {
+        assert!(header.contains(c), "{header}");
+    }
+    let row = |name: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("{name} in\n{out}"))
+            .to_owned()
+    };
+    for w in ["ops", "exec", "enabled", "volatile", "active"] {
+        assert!(row("hello.sh").contains(w), "{w}: {}", row("hello.sh"));
+    }
+    assert!(row("hi").contains("python") && row("hi").contains("nonVolatile"));
+    assert!(row("u.sh").contains("noSuchScript") && row("u.sh").contains("/nonexistent/u.sh"));
+    let o = smx(&["script", "list", "--json", "--owner", "ops"], s);
+    let rows: Vec<Value> = serde_json::from_str(ok_out(&o)).unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "fail.sh", "g.sh", "hello.sh", "hi", "sleeper", "u.sh", "url.sh"
+        ]
+    );
+    assert_eq!(
+        json_keys(&rows[2]),
+        sorted(&[
+            "owner",
+            "name",
+            "descr",
+            "language",
+            "source",
+            "admin_status",
+            "oper_status",
+            "storage_type",
+            "row_status",
+            "error",
+            "last_change",
+            "file",
+        ])
+    );
+    let hi = rows.iter().find(|r| r["name"] == "hi").unwrap();
+    assert_eq!(
+        (
+            &hi["descr"],
+            &hi["storage_type"],
+            &hi["oper_status"],
+            &hi["file"]
+        ),
+        (
+            &json!("from a file"),
+            &json!("nonVolatile"),
+            &json!("enabled"),
+            &json!("ops/hi")
+        )
+    );
+    assert_eq!(
+        smx(&["script", "list", "--json", "--owner", "nobody"], s).stdout,
+        "[]\n"
+    );
+
+    // launch add.
+    let o = smx(
+        &[
+            "launch",
+            "add",
+            "ops",
+            "hi",
+            "--script",
+            "ops/hello.sh",
+            "--argument",
+            "world",
+            "--max-completed",
+            "3",
+        ],
+        s,
+    );
+    assert_eq!(
+        ok_out(&o),
+        "launch button ops/hi added: enabled, script ops/hello.sh, volatile\n"
+    );
+    let o = smx(
+        &[
+            "launch",
+            "add",
+            "ops",
+            "bare",
+            "--script",
+            "hello.sh",
+            "--lifetime",
+            "5",
+            "--expire",
+            "60",
+            "--max-running",
+            "2",
+            "--argument-hex",
+            "00ff",
+        ],
+        s,
+    );
+    assert!(
+        ok_out(&o).contains("script ops/hello.sh"),
+        "a bare SNAME is OWNER's"
+    );
+    let o = smx(
+        &[
+            "launch",
+            "add",
+            "ops",
+            "orphan",
+            "--script",
+            "ops/missing.sh",
+        ],
+        s,
+    );
+    assert_eq!(
+        ok_out(&o),
+        "launch button ops/orphan added: disabled, script ops/missing.sh, volatile\n",
+        "a button may name a script that does not exist (yet)"
+    );
+    for (name, script) in [("failing", "fail.sh"), ("sl", "sleeper")] {
+        ok_out(&smx(&["launch", "add", "ops", name, "--script", script], s));
+    }
+    fails(
+        &smx(
+            &["launch", "add", "ops", "hi", "--script", "ops/hello.sh"],
+            s,
+        ),
+        &[
+            "launch button ops/hi: ",
+            "inconsistentValue",
+            "exists already",
+            "(inconsistent_value)",
+        ],
+    );
+    fails(
+        &smx(
+            &[
+                "launch",
+                "add",
+                "ops",
+                "z",
+                "--script",
+                "hello.sh",
+                "--max-running",
+                "0",
+            ],
+            s,
+        ),
+        &[
+            "smLaunchMaxRunning: wrongValue",
+            "1..4294967295",
+            "(wrong_value)",
+        ],
+    );
+    fails(
+        &smx(&["launch", "add", "ops", &long, "--script", "hello.sh"], s),
+        &["noCreation", "(no_creation)"],
+    );
+    let long_script = format!("ops/{long}");
+    fails(
+        &smx(&["launch", "add", "ops", "z", "--script", &long_script], s),
+        &["smLaunchScriptName: wrongLength", "(wrong_length)"],
+    );
+
+    // launch list and --json: the smLaunchTable columns.
+    let o = smx(&["launch", "list", "--socket", sock_str], None);
+    let out = ok_out(&o);
+    let hi_row = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("hi"))
+        .unwrap();
+    for w in ["ops/hello.sh", "enabled", "0/1", " 3 ", "3600s", "volatile"] {
+        assert!(hi_row.contains(w), "{w:?} in {hi_row}");
+    }
+    let o = smx(&["launch", "list", "--json"], s);
+    let rows: Vec<Value> = serde_json::from_str(ok_out(&o)).unwrap();
+    assert_eq!(
+        json_keys(&rows[0]),
+        sorted(&[
+            "owner",
+            "name",
+            "script_owner",
+            "script_name",
+            "argument",
+            "max_running",
+            "max_completed",
+            "lifetime",
+            "expire_time",
+            "start",
+            "admin_status",
+            "storage_type",
+            "row_status",
+            "error",
+            "last_change",
+            "oper_status",
+            "row_expire_time",
+            "running",
+        ])
+    );
+    let bare = rows.iter().find(|r| r["name"] == "bare").unwrap();
+    assert_eq!(
+        (
+            &bare["lifetime"],
+            &bare["expire_time"],
+            &bare["max_running"],
+            &bare["argument"]
+        ),
+        (
+            &json!(500),
+            &json!(6000),
+            &json!(2),
+            &json!({"hex": "00FF"})
+        )
+    );
+
+    // launch start: --wait prints the result and exits as smx run does.
+    let o = smx(&["launch", "start", "ops", "hi", "--wait"], s);
+    assert_eq!(ok_out(&o), "hello world\n");
+    let o = smx(
+        &[
+            "launch",
+            "start",
+            "ops",
+            "hi",
+            "--wait",
+            "--json",
+            "--argument",
+            "json",
+        ],
+        s,
+    );
+    let row: Value = serde_json::from_str(ok_out(&o)).unwrap();
+    assert_eq!(
+        (
+            &row["owner"],
+            &row["name"],
+            &row["index"],
+            &row["state"],
+            &row["exit_code"],
+            &row["result"]
+        ),
+        (
+            &json!("ops"),
+            &json!("hi"),
+            &json!(2),
+            &json!("terminated"),
+            &json!("noError"),
+            &json!("hello json")
+        )
+    );
+    let id = row["run_id"].to_string();
+    let status: Value = serde_json::from_str(ok_out(&smx(&["status", "--json", &id], s))).unwrap();
+    assert_eq!(
+        json_keys(&row),
+        json_keys(&status),
+        "the row as smx status --json has it"
+    );
+    for k in [
+        "run_id",
+        "index",
+        "argument",
+        "result",
+        "exit_code",
+        "start_time",
+        "end_time",
+    ] {
+        assert_eq!(row[k], status[k], "{k}");
+    }
+    // --argument stays set on the button, as smLaunchArgument does.
+    assert_eq!(
+        ok_out(&smx(&["launch", "start", "ops", "hi", "--wait"], s)),
+        "hello json\n"
+    );
+    let o = smx(&["launch", "start", "ops", "failing", "--wait"], s);
+    assert_eq!(o.code, Some(16), "runtimeError is 10 + 6: {o:#?}");
+    assert!(
+        o.stderr.contains("ended with runtimeError") && o.stderr.contains("boom"),
+        "{o:#?}"
+    );
+    // --index, and without --wait the row as created.
+    let o = smx(&["launch", "start", "ops", "hi", "--index", "7"], s);
+    let out = ok_out(&o);
+    assert!(
+        out.starts_with("run ") && out.ends_with(": ops/hi index 7: initializing\n"),
+        "{out}"
+    );
+    let run7: u64 = out["run ".len()..]
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut c = d.client().await;
+    let done = t(c.wait(smx::proto::RunId(run7))).await.unwrap();
+    assert_eq!(done.index, 7);
+    fails(
+        &smx(&["launch", "start", "ops", "hi", "--index", "7"], s),
+        &[
+            "smLaunchStart: inconsistentValue: check 5: smRunIndex 7 is in use",
+            "(inconsistent_value)",
+        ],
+    );
+    fails(
+        &smx(&["launch", "start", "ops", "orphan"], s),
+        &[
+            "launch button ops/orphan: ",
+            "check 2: no script ops/missing.sh",
+        ],
+    );
+    fails(
+        &smx(&["launch", "start", "ops", "nosuch"], s),
+        &["launch button ops/nosuch: no such launch button (no_such_row)"],
+    );
+    let o = smx(&["launch", "start", "ops", "sl", "--json"], s);
+    let sl: Value = serde_json::from_str(ok_out(&o)).unwrap();
+    assert_eq!(
+        (&sl["state"], &sl["index"]),
+        (&json!("initializing"), &json!(1))
+    );
+    let sl_id = sl["run_id"].to_string();
+    fails(
+        &smx(&["launch", "start", "ops", "sl"], s),
+        &["check 6", "smLaunchMaxRunning is 1"],
+    );
+    runs_until(&mut c, "ops", "sl", 15, "executing", |rs| {
+        rs.iter().any(|r| r.state == RunState::Executing)
+    })
+    .await;
+
+    // ps: the smRunTable index (owner, launch, index).
+    let o = smx(&["ps"], s);
+    let out = ok_out(&o);
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "RUNID", "OWNER", "LAUNCH", "INDEX", "RUNTIME", "STATE", "EXIT", "AGE", "RESULT"
+        ]
+    );
+    let cells: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(
+        cells
+            .iter()
+            .any(|c| c[0] == run7.to_string() && c[1..4] == ["ops", "hi", "7"]),
+        "{out}"
+    );
+    assert!(
+        cells
+            .iter()
+            .any(|c| c[0] == sl_id && c[1..6] == ["ops", "sl", "1", "exec", "executing"]),
+        "{out}"
+    );
+
+    // A script whose runs still execute is neither replaced nor removed, and stays enabled.
+    fails(
+        &smx(&["script", "install", "ops", "sleeper", hello_s], s),
+        &[
+            "script ops/sleeper: ",
+            "still running",
+            "launch button ops/sl",
+            "(inconsistent_value)",
+        ],
+    );
+    fails(
+        &smx(&["script", "remove", "ops", "sleeper"], s),
+        &["still running", "(inconsistent_value)"],
+    );
+    let left = script_row(&mut c, "ops", "sleeper").await.unwrap();
+    assert_eq!(left.oper_status, ScriptOper::Enabled, "{left:#?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("storage/ops/sleeper")).unwrap(),
+        SLEEPER,
+        "the old script is still the stored one"
+    );
+    ok_out(&smx(&["abort", &sl_id], s));
+    assert_eq!(
+        ok_out(&smx(&["script", "remove", "ops", "sleeper"], s)),
+        "script ops/sleeper removed\n"
+    );
+    assert!(
+        !dir.join("storage/ops/sleeper").exists(),
+        "its stored file goes too"
+    );
+    fails(
+        &smx(&["script", "remove", "ops", "sleeper"], s),
+        &["script ops/sleeper: no such script (no_such_row)"],
+    );
+    // A replacement of an idle script goes through.
+    let o = smx(
+        &[
+            "script",
+            "install",
+            "ops",
+            "hello.sh",
+            fail.to_str().unwrap(),
+        ],
+        s,
+    );
+    ok_out(&o);
+    assert_eq!(
+        smx(&["launch", "start", "ops", "hi", "--wait"], s).code,
+        Some(16)
+    );
+    assert_eq!(
+        ok_out(&smx(&["launch", "remove", "ops", "hi"], s)),
+        "launch button ops/hi removed\n"
+    );
+    fails(
+        &smx(&["launch", "remove", "ops", "hi"], s),
+        &["launch button ops/hi: no such launch button (no_such_row)"],
+    );
+}
+
+#[test]
+fn cli_script_and_launch_verbs_without_a_daemon_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-daemon.sock");
+    let hello = file(dir.path(), "hello.sh", HELLO, 0o644);
+    let h = hello.to_str().unwrap();
+    let verbs: [&[&str]; 9] = [
+        &["script", "install", "o", "n", h],
+        &["script", "install", "o", "n", "--source", "file:///x"],
+        &["script", "list"],
+        &["script", "remove", "o", "n"],
+        &["launch", "add", "o", "n", "--script", "o/n"],
+        &["launch", "list", "--json"],
+        &["launch", "start", "o", "n", "--wait"],
+        &["launch", "remove", "o", "n"],
+        &["ps"],
+    ];
+    for verb in verbs {
+        for via_env in [false, true] {
+            let o = if via_env {
+                smx(verb, Some(&missing))
+            } else {
+                let mut args = verb.to_vec();
+                args.extend(["--socket", missing.to_str().unwrap()]);
+                smx(&args, None)
+            };
+            fails(
+                &o,
+                &[
+                    &format!("smx: cannot reach smx daemon at {}: ", missing.display()),
+                    "is `smx daemon` running?",
+                ],
+            );
+        }
+    }
+}
