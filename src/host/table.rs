@@ -447,6 +447,13 @@ impl Table {
             .unwrap_or_default()
     }
 
+    /// Whether (owner, name) has any row in the run table.
+    pub fn has_runs(&self, owner: &str, name: &str) -> bool {
+        self.launches
+            .get(&(owner.to_owned(), name.to_owned()))
+            .is_some_and(|l| !l.by_index.is_empty())
+    }
+
     /// How many runs of (owner, name) have not terminated.
     pub fn active_of(&self, owner: &str, name: &str) -> u32 {
         self.launches

@@ -93,7 +93,7 @@ impl RunsView for HostRuns<'_> {
         self.0.active_of(owner, name)
     }
     fn has_runs(&self, owner: &str, name: &str) -> bool {
-        !self.0.runs_of(owner, name).is_empty()
+        self.0.has_runs(owner, name)
     }
     fn run_state(&self, owner: &str, name: &str, index: u32) -> Option<RunState> {
         self.0.run_at(owner, name, index).map(|r| r.state)
@@ -268,7 +268,7 @@ impl Mib {
         let host = &self.inner.host;
         let enabled = script_enabled(s, &l.script_owner, &l.script_name);
         LaunchView {
-            oper_status: l.oper(enabled, !host.runs_of(&l.owner, &l.name).is_empty()),
+            oper_status: l.oper(enabled, host.has_runs(&l.owner, &l.name)),
             row_expire_time: l.row_expire.remaining(Instant::now()),
             running: host.active_of(&l.owner, &l.name),
             row: l.clone(),
@@ -325,7 +325,7 @@ impl Mib {
                 SystemTime::now(),
                 Instant::now(),
             )?;
-            let touched = touched(&staged);
+            let touched = touched(&staged, changes);
             let actions = set::commit(&mut s, staged);
             self.persist(&s, &touched);
             actions
@@ -736,7 +736,7 @@ impl Mib {
                 })
                 .collect();
             for (key, l) in s.launches.iter_mut() {
-                let has_runs = !host.runs_of(&key.0, &key.1).is_empty();
+                let has_runs = host.has_runs(&key.0, &key.1);
                 let on = enabled
                     .get(&(l.script_owner.clone(), l.script_name.clone()))
                     .copied()
@@ -783,7 +783,7 @@ impl Mib {
                 for (key, l) in s.launches.iter_mut() {
                     match l.row_expire.deadline() {
                         Some(d) if d <= now && !l.expired => {
-                            if host.runs_of(&key.0, &key.1).is_empty() {
+                            if !host.has_runs(&key.0, &key.1) {
                                 removed.push(key.clone());
                             } else {
                                 tracing::info!(
@@ -904,7 +904,7 @@ enum Touched {
     Launch(Key),
 }
 
-fn touched(st: &set::Staged) -> Vec<Touched> {
+fn touched(st: &set::Staged, changes: &[Change]) -> Vec<Touched> {
     let mut v: Vec<Touched> = st.scripts.keys().cloned().map(Touched::Script).collect();
     for (o, n, _) in st.code.keys() {
         let k = (o.clone(), n.clone());
@@ -912,7 +912,22 @@ fn touched(st: &set::Staged) -> Vec<Touched> {
             v.push(Touched::Script(k));
         }
     }
-    v.extend(st.launches.keys().cloned().map(Touched::Launch));
+    // smLaunchStart and smLaunchControl act on runs and leave the row as it is (a start
+    // saves smLaunchStart itself, once it knows the index): no write for them.
+    let changed = |k: &Key| {
+        changes.iter().any(|c| {
+            matches!(c, Change::Launch { owner, name, col }
+                if (owner, name) == (&k.0, &k.1)
+                    && !matches!(col, LaunchCol::Start(_) | LaunchCol::Control(_)))
+        })
+    };
+    v.extend(
+        st.launches
+            .keys()
+            .filter(|k| changed(k))
+            .cloned()
+            .map(Touched::Launch),
+    );
     v
 }
 
