@@ -61,7 +61,6 @@ fn me() -> String {
 /// killed when dropped. Another one can be started on the same `dir` once it is gone.
 struct Daemon {
     child: Option<Child>,
-    dir: PathBuf,
     socket: PathBuf,
     log: Arc<Mutex<String>>,
 }
@@ -140,7 +139,6 @@ impl Daemon {
         });
         let mut d = Daemon {
             child: Some(child),
-            dir: dir.to_owned(),
             socket,
             log,
         };

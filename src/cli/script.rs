@@ -135,8 +135,10 @@ async fn install(args: InstallArgs) -> Result<ExitCode> {
         Some(f) => Octets::new(std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?),
         None => Octets::default(),
     };
-    if args.file.is_some() && content.is_empty() {
-        return Err(format!("{}: the file is empty", args.file.unwrap().display()).into());
+    if let Some(f) = &args.file
+        && content.is_empty()
+    {
+        return Err(format!("{}: the file is empty", f.display()).into());
     }
     let mut c = args.socket.connect().await?;
     let mut language = args.language.clone();
