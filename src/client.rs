@@ -289,6 +289,130 @@ impl Client {
         let _: serde_json::Value = self.call(Op::Reload).await?;
         Ok(())
     }
+
+    // ---- The Script MIB (protocol version 2).
+
+    /// smExtsnTable: the language extensions of every language.
+    pub async fn extensions(&mut self) -> Result<Vec<crate::mib::ExtsnRow>, ClientError> {
+        self.call(Op::Extensions).await
+    }
+
+    /// smScriptTable rows the caller may see (optionally one owner's).
+    pub async fn scripts(
+        &mut self,
+        owner: Option<&str>,
+    ) -> Result<Vec<crate::mib::ScriptRow>, ClientError> {
+        self.call(Op::Scripts {
+            owner: owner.map(String::from),
+        })
+        .await
+    }
+
+    /// smCodeTable rows of one script.
+    pub async fn code(
+        &mut self,
+        owner: &str,
+        name: &str,
+    ) -> Result<Vec<crate::mib::CodeRow>, ClientError> {
+        self.call(Op::Code {
+            owner: owner.into(),
+            name: name.into(),
+        })
+        .await
+    }
+
+    /// Creates (or replaces) a script row and enables it. The row comes back `enabled` for
+    /// content, `retrieving` for a `source` URL (poll [`Client::scripts`] for the outcome).
+    pub async fn script_install(
+        &mut self,
+        spec: crate::mib::ScriptSpec,
+    ) -> Result<crate::mib::ScriptRow, ClientError> {
+        self.call(Op::ScriptInstall(spec)).await
+    }
+
+    /// Disables and destroys a script row.
+    pub async fn script_remove(&mut self, owner: &str, name: &str) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .call(Op::ScriptRemove {
+                owner: owner.into(),
+                name: name.into(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// smLaunchTable rows the caller may see (optionally one owner's).
+    pub async fn launches(
+        &mut self,
+        owner: Option<&str>,
+    ) -> Result<Vec<crate::mib::LaunchView>, ClientError> {
+        self.call(Op::Launches {
+            owner: owner.map(String::from),
+        })
+        .await
+    }
+
+    /// Creates a launch button.
+    pub async fn launch_add(
+        &mut self,
+        spec: crate::mib::LaunchSpec,
+    ) -> Result<crate::mib::LaunchView, ClientError> {
+        self.call(Op::LaunchAdd(spec)).await
+    }
+
+    /// smLaunchStart (after setting smLaunchArgument if `argument` is given): the new
+    /// smRunTable row, state `initializing`. `index` 0 or `None`: a fresh smRunIndex.
+    pub async fn launch_start(
+        &mut self,
+        owner: &str,
+        name: &str,
+        index: Option<u32>,
+        argument: Option<Octets>,
+    ) -> Result<RunInfo, ClientError> {
+        self.call(Op::LaunchStart {
+            owner: owner.into(),
+            name: name.into(),
+            index,
+            argument,
+        })
+        .await
+    }
+
+    /// Disables and destroys a launch button.
+    pub async fn launch_remove(&mut self, owner: &str, name: &str) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .call(Op::LaunchRemove {
+                owner: owner.into(),
+                name: name.into(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// smLaunchRunIndexNext: a fresh unused smRunIndex on every call (0: no such button, or
+    /// no index left).
+    pub async fn run_index_next(&mut self, owner: &str, name: &str) -> Result<u32, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Next {
+            index: u32,
+        }
+        let n: Next = self
+            .call(Op::RunIndexNext {
+                owner: owner.into(),
+                name: name.into(),
+            })
+            .await?;
+        Ok(n.index)
+    }
+
+    /// Sets columns of the Script MIB tables as one SNMP set request: all or nothing. The
+    /// result lists the smRunTable rows that smLaunchStart created.
+    pub async fn mib_set(
+        &mut self,
+        changes: Vec<ColumnSet>,
+    ) -> Result<crate::mib::SetOutcome, ClientError> {
+        self.call(Op::MibSet { changes }).await
+    }
 }
 
 /// The socket a client uses: the given path, else `SMX_SOCKET`, else the daemon's default.

@@ -1244,7 +1244,7 @@ async fn cli_verbs_through_socket_flag_and_smx_socket() {
     let mut lines = out.lines();
     let header = lines.next().unwrap();
     for col in [
-        "RUNID", "OWNER", "NAME", "RUNTIME", "STATE", "EXIT", "AGE", "RESULT",
+        "RUNID", "OWNER", "LAUNCH", "INDEX", "RUNTIME", "STATE", "EXIT", "AGE", "RESULT",
     ] {
         assert!(header.contains(col), "{header}");
     }

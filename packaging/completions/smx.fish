@@ -38,6 +38,8 @@ complete -c smx -n "__fish_smx_needs_command" -f -a "resume" -d 'Resume a suspen
 complete -c smx -n "__fish_smx_needs_command" -f -a "abort" -d 'Abort a run (smRunControl abort); it ends with halted'
 complete -c smx -n "__fish_smx_needs_command" -f -a "set" -d 'Change a run\'s lifetime (smRunLifeTime) and/or expire time (smRunExpireTime)'
 complete -c smx -n "__fish_smx_needs_command" -f -a "events" -d 'Follow the daemon\'s run events (state changes, results, errors, terminations)'
+complete -c smx -n "__fish_smx_needs_command" -f -a "script" -d 'Scripts in the daemon (smScriptTable): install, list, remove'
+complete -c smx -n "__fish_smx_needs_command" -f -a "launch" -d 'Launch buttons in the daemon (smLaunchTable): add, list, start, remove'
 complete -c smx -n "__fish_smx_needs_command" -f -a "runtimes" -d 'List the runtimes of the effective configuration (smLangTable)'
 complete -c smx -n "__fish_smx_needs_command" -f -a "completions" -d 'Print a shell completion script (source it, or install it where your shell looks)'
 complete -c smx -n "__fish_smx_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -104,23 +106,97 @@ complete -c smx -n "__fish_smx_using_subcommand events" -l socket -d 'The daemon
 complete -c smx -n "__fish_smx_using_subcommand events" -l json -d 'One JSON object per event'
 complete -c smx -n "__fish_smx_using_subcommand events" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c smx -n "__fish_smx_using_subcommand events" -s h -l help -d 'Print help'
+complete -c smx -n "__fish_smx_using_subcommand script; and not __fish_seen_subcommand_from install list remove help" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c smx -n "__fish_smx_using_subcommand script; and not __fish_seen_subcommand_from install list remove help" -s h -l help -d 'Print help'
+complete -c smx -n "__fish_smx_using_subcommand script; and not __fish_seen_subcommand_from install list remove help" -f -a "install" -d 'Store a script for an owner and enable it (smScriptTable, RFC 3165 7.1 and 7.2)'
+complete -c smx -n "__fish_smx_using_subcommand script; and not __fish_seen_subcommand_from install list remove help" -f -a "list" -d 'List the scripts you may see (smScriptTable)'
+complete -c smx -n "__fish_smx_using_subcommand script; and not __fish_seen_subcommand_from install list remove help" -f -a "remove" -d 'Disable and destroy a script (RFC 3165 7.4)'
+complete -c smx -n "__fish_smx_using_subcommand script; and not __fish_seen_subcommand_from install list remove help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from install" -l source -d 'smScriptSource: a URL the daemon pulls the script from instead of FILE (file: read as the owner\'s OS user, http:, https:)' -r
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from install" -l language -d 'smScriptLanguage: a runtime name or an smLangIndex (default: by NAME\'s extension, else FILE\'s, else exec)' -r
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from install" -l descr -d 'smScriptDescr (0..255 octets)' -r
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from install" -l storage -d 'smScriptStorageType: nonVolatile scripts survive a restart of the daemon (it needs [host] state_dir); default volatile' -r
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from install" -l socket -d 'The daemon\'s control socket (default: SMX_SOCKET, else /run/smx/smx.sock for root, $XDG_RUNTIME_DIR/smx.sock otherwise)' -r -F
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from install" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from install" -s h -l help -d 'Print help'
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from list" -l owner -d 'Only this owner\'s scripts' -r
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from list" -l socket -d 'The daemon\'s control socket (default: SMX_SOCKET, else /run/smx/smx.sock for root, $XDG_RUNTIME_DIR/smx.sock otherwise)' -r -F
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from list" -l json -d 'The rows as a JSON array, with the smScriptTable column names'
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from remove" -l socket -d 'The daemon\'s control socket (default: SMX_SOCKET, else /run/smx/smx.sock for root, $XDG_RUNTIME_DIR/smx.sock otherwise)' -r -F
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from remove" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help'
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from help" -f -a "install" -d 'Store a script for an owner and enable it (smScriptTable, RFC 3165 7.1 and 7.2)'
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from help" -f -a "list" -d 'List the scripts you may see (smScriptTable)'
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from help" -f -a "remove" -d 'Disable and destroy a script (RFC 3165 7.4)'
+complete -c smx -n "__fish_smx_using_subcommand script; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c smx -n "__fish_smx_using_subcommand launch; and not __fish_seen_subcommand_from add list start remove help" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c smx -n "__fish_smx_using_subcommand launch; and not __fish_seen_subcommand_from add list start remove help" -s h -l help -d 'Print help'
+complete -c smx -n "__fish_smx_using_subcommand launch; and not __fish_seen_subcommand_from add list start remove help" -f -a "add" -d 'Create a launch button for a script (an smLaunchTable row, enabled)'
+complete -c smx -n "__fish_smx_using_subcommand launch; and not __fish_seen_subcommand_from add list start remove help" -f -a "list" -d 'List the launch buttons you may see (smLaunchTable)'
+complete -c smx -n "__fish_smx_using_subcommand launch; and not __fish_seen_subcommand_from add list start remove help" -f -a "start" -d 'Start a run from a launch button (smLaunchStart)'
+complete -c smx -n "__fish_smx_using_subcommand launch; and not __fish_seen_subcommand_from add list start remove help" -f -a "remove" -d 'Disable and destroy a launch button'
+complete -c smx -n "__fish_smx_using_subcommand launch; and not __fish_seen_subcommand_from add list start remove help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from add" -l script -d 'The script, as SOWNER/SNAME (smLaunchScriptOwner, smLaunchScriptName); a bare SNAME is one of OWNER\'s scripts' -r
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from add" -l argument -d 'smLaunchArgument as text' -r
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from add" -l argument-hex -d 'smLaunchArgument as hex octets' -r
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from add" -l max-running -d 'smLaunchMaxRunning: runs that may execute at once (default 1)' -r
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from add" -l max-completed -d 'smLaunchMaxCompleted: finished runs kept, the oldest go first (default 1)' -r
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from add" -l lifetime -d 'smLaunchLifeTime in seconds: a run is aborted when it runs out (default 3600)' -r
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from add" -l expire -d 'smLaunchExpireTime in seconds: a finished run\'s row stays this long (default 3600)' -r
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from add" -l storage -d 'smLaunchStorageType: nonVolatile buttons survive a restart of the daemon (it needs [host] state_dir); default volatile' -r
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from add" -l socket -d 'The daemon\'s control socket (default: SMX_SOCKET, else /run/smx/smx.sock for root, $XDG_RUNTIME_DIR/smx.sock otherwise)' -r -F
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from add" -l autostart -d 'smLaunchAdminStatus autostart: start a run whenever the button becomes enabled, such as when the daemon starts'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from add" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from list" -l owner -d 'Only this owner\'s buttons' -r
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from list" -l socket -d 'The daemon\'s control socket (default: SMX_SOCKET, else /run/smx/smx.sock for root, $XDG_RUNTIME_DIR/smx.sock otherwise)' -r -F
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from list" -l json -d 'The rows as a JSON array, with the smLaunchTable column names'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from start" -l argument -d 'smLaunchArgument as text' -r
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from start" -l argument-hex -d 'smLaunchArgument as hex octets' -r
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from start" -l index -d 'smRunIndex for the new run (default: a fresh one, as smLaunchStart 0 gives)' -r
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from start" -l socket -d 'The daemon\'s control socket (default: SMX_SOCKET, else /run/smx/smx.sock for root, $XDG_RUNTIME_DIR/smx.sock otherwise)' -r -F
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from start" -l wait -d 'Wait until the run has terminated; print its result and exit as `smx run` does'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from start" -l json -d 'Print the run row as JSON (with --wait: the finished row, as `smx status --json`)'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from start" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from start" -s h -l help -d 'Print help'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from remove" -l socket -d 'The daemon\'s control socket (default: SMX_SOCKET, else /run/smx/smx.sock for root, $XDG_RUNTIME_DIR/smx.sock otherwise)' -r -F
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from remove" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug); RUST_LOG overrides'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from help" -f -a "add" -d 'Create a launch button for a script (an smLaunchTable row, enabled)'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from help" -f -a "list" -d 'List the launch buttons you may see (smLaunchTable)'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from help" -f -a "start" -d 'Start a run from a launch button (smLaunchStart)'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from help" -f -a "remove" -d 'Disable and destroy a launch button'
+complete -c smx -n "__fish_smx_using_subcommand launch; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c smx -n "__fish_smx_using_subcommand runtimes" -l config -d 'Config file extending the embedded default' -r -F
 complete -c smx -n "__fish_smx_using_subcommand runtimes" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c smx -n "__fish_smx_using_subcommand runtimes" -s h -l help -d 'Print help'
 complete -c smx -n "__fish_smx_using_subcommand completions" -s v -l verbose -d 'More log output on stderr (-v info, -vv debug); RUST_LOG overrides'
 complete -c smx -n "__fish_smx_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events runtimes completions help" -f -a "run" -d 'Run a script to completion through an in-process host and print its result'
-complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events runtimes completions help" -f -a "conform" -d 'Check a runtime against RFC 3179 section 6.1 from the outside'
-complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events runtimes completions help" -f -a "daemon" -d 'Run the host as a service with a local control socket'
-complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events runtimes completions help" -f -a "config" -d 'Check a config file as the daemon loads it, reporting every problem'
-complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events runtimes completions help" -f -a "ps" -d 'List the runs the daemon knows (smRunTable) that you may see'
-complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events runtimes completions help" -f -a "status" -d 'Show every column of one run'
-complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events runtimes completions help" -f -a "suspend" -d 'Suspend a run (smRunControl suspend)'
-complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events runtimes completions help" -f -a "resume" -d 'Resume a suspended run (smRunControl resume)'
-complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events runtimes completions help" -f -a "abort" -d 'Abort a run (smRunControl abort); it ends with halted'
-complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events runtimes completions help" -f -a "set" -d 'Change a run\'s lifetime (smRunLifeTime) and/or expire time (smRunExpireTime)'
-complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events runtimes completions help" -f -a "events" -d 'Follow the daemon\'s run events (state changes, results, errors, terminations)'
-complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events runtimes completions help" -f -a "runtimes" -d 'List the runtimes of the effective configuration (smLangTable)'
-complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events runtimes completions help" -f -a "completions" -d 'Print a shell completion script (source it, or install it where your shell looks)'
-complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events runtimes completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events script launch runtimes completions help" -f -a "run" -d 'Run a script to completion through an in-process host and print its result'
+complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events script launch runtimes completions help" -f -a "conform" -d 'Check a runtime against RFC 3179 section 6.1 from the outside'
+complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events script launch runtimes completions help" -f -a "daemon" -d 'Run the host as a service with a local control socket'
+complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events script launch runtimes completions help" -f -a "config" -d 'Check a config file as the daemon loads it, reporting every problem'
+complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events script launch runtimes completions help" -f -a "ps" -d 'List the runs the daemon knows (smRunTable) that you may see'
+complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events script launch runtimes completions help" -f -a "status" -d 'Show every column of one run'
+complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events script launch runtimes completions help" -f -a "suspend" -d 'Suspend a run (smRunControl suspend)'
+complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events script launch runtimes completions help" -f -a "resume" -d 'Resume a suspended run (smRunControl resume)'
+complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events script launch runtimes completions help" -f -a "abort" -d 'Abort a run (smRunControl abort); it ends with halted'
+complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events script launch runtimes completions help" -f -a "set" -d 'Change a run\'s lifetime (smRunLifeTime) and/or expire time (smRunExpireTime)'
+complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events script launch runtimes completions help" -f -a "events" -d 'Follow the daemon\'s run events (state changes, results, errors, terminations)'
+complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events script launch runtimes completions help" -f -a "script" -d 'Scripts in the daemon (smScriptTable): install, list, remove'
+complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events script launch runtimes completions help" -f -a "launch" -d 'Launch buttons in the daemon (smLaunchTable): add, list, start, remove'
+complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events script launch runtimes completions help" -f -a "runtimes" -d 'List the runtimes of the effective configuration (smLangTable)'
+complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events script launch runtimes completions help" -f -a "completions" -d 'Print a shell completion script (source it, or install it where your shell looks)'
+complete -c smx -n "__fish_smx_using_subcommand help; and not __fish_seen_subcommand_from run conform daemon config ps status suspend resume abort set events script launch runtimes completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c smx -n "__fish_smx_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "check" -d 'Load the config as `smx daemon` would and report every problem with file:line:column'
+complete -c smx -n "__fish_smx_using_subcommand help; and __fish_seen_subcommand_from script" -f -a "install" -d 'Store a script for an owner and enable it (smScriptTable, RFC 3165 7.1 and 7.2)'
+complete -c smx -n "__fish_smx_using_subcommand help; and __fish_seen_subcommand_from script" -f -a "list" -d 'List the scripts you may see (smScriptTable)'
+complete -c smx -n "__fish_smx_using_subcommand help; and __fish_seen_subcommand_from script" -f -a "remove" -d 'Disable and destroy a script (RFC 3165 7.4)'
+complete -c smx -n "__fish_smx_using_subcommand help; and __fish_seen_subcommand_from launch" -f -a "add" -d 'Create a launch button for a script (an smLaunchTable row, enabled)'
+complete -c smx -n "__fish_smx_using_subcommand help; and __fish_seen_subcommand_from launch" -f -a "list" -d 'List the launch buttons you may see (smLaunchTable)'
+complete -c smx -n "__fish_smx_using_subcommand help; and __fish_seen_subcommand_from launch" -f -a "start" -d 'Start a run from a launch button (smLaunchStart)'
+complete -c smx -n "__fish_smx_using_subcommand help; and __fish_seen_subcommand_from launch" -f -a "remove" -d 'Disable and destroy a launch button'

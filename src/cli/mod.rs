@@ -2,8 +2,10 @@
 
 mod check;
 mod conform;
+mod launch;
 mod remote;
 mod run;
+mod script;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -149,6 +151,12 @@ pub enum Verb {
         #[command(flatten)]
         socket: remote::SocketArg,
     },
+    /// Scripts in the daemon (smScriptTable): install, list, remove.
+    #[command(subcommand)]
+    Script(script::ScriptCmd),
+    /// Launch buttons in the daemon (smLaunchTable): add, list, start, remove.
+    #[command(subcommand)]
+    Launch(launch::LaunchCmd),
     /// List the runtimes of the effective configuration (smLangTable).
     Runtimes {
         /// Config file extending the embedded default.
@@ -299,6 +307,8 @@ pub fn dispatch(cli: Cli) -> anyhow_lite::Result<ExitCode> {
             json,
             socket,
         } => current_thread()?.block_on(remote::events(socket, owner, run, json)),
+        Verb::Script(cmd) => current_thread()?.block_on(script::script(cmd)),
+        Verb::Launch(cmd) => current_thread()?.block_on(launch::launch(cmd)),
         Verb::ExecRuntime { profiles, grace } => {
             current_thread()?.block_on(smx::exec::serve(smx::exec::Options { profiles, grace }))?;
             Ok(ExitCode::SUCCESS)

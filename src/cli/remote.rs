@@ -1,5 +1,5 @@
 //! The verbs that talk to `smx daemon`: ps, status, suspend, resume, abort, set, events,
-//! and `run --daemon`.
+//! and `run --daemon` (`script` and `launch` have modules of their own).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -84,18 +84,20 @@ pub async fn ps(sock: SocketArg, owner: Option<String>, json: bool) -> Result<Ex
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
+    // (OWNER, LAUNCH, INDEX) is the smRunTable index; RUNID the host's SMX RunId.
     writeln!(
         out,
-        "{:>6}  {:<10} {:<16} {:<8} {:<12} {:<18} {:>4}  RESULT",
-        "RUNID", "OWNER", "NAME", "RUNTIME", "STATE", "EXIT", "AGE"
+        "{:>6}  {:<10} {:<16} {:>5}  {:<8} {:<12} {:<18} {:>4}  RESULT",
+        "RUNID", "OWNER", "LAUNCH", "INDEX", "RUNTIME", "STATE", "EXIT", "AGE"
     )?;
     for r in &runs {
         writeln!(
             out,
-            "{:>6}  {:<10} {:<16} {:<8} {:<12} {:<18} {:>4}  {}",
+            "{:>6}  {:<10} {:<16} {:>5}  {:<8} {:<12} {:<18} {:>4}  {}",
             r.run_id.0,
             r.owner,
             r.name,
+            r.index,
             r.runtime,
             r.state.mib_name(),
             exit_column(r),

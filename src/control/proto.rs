@@ -335,18 +335,33 @@ pub struct Whoami {
     pub admin: bool,
 }
 
-/// One smLangTable row.
+/// One smLangTable row, with the runtime's host-side settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Language {
-    /// smLangIndex: the runtime's position in the registry, from 1.
+    /// smLangIndex: stable across restarts and reloads (kept by runtime name, in the state
+    /// database with `[host] state_dir`); the first runtimes get 1, 2, ... in config order.
     pub index: u32,
+    /// The runtime's name.
     pub name: String,
     /// smLangDescr.
     pub description: String,
+    /// Script file extensions (host-internal: how a runtime is chosen).
     pub extensions: Vec<String>,
     pub profiles: Vec<String>,
     pub transport: crate::config::Transport,
     pub threading: crate::config::Threading,
+    /// smLangLanguage (`0.0` if unknown).
+    #[serde(default = "crate::mib::Oid::zero_dot_zero")]
+    pub language: crate::mib::Oid,
+    /// smLangVersion.
+    #[serde(default)]
+    pub version: String,
+    /// smLangVendor (`0.0` if unknown).
+    #[serde(default = "crate::mib::Oid::zero_dot_zero")]
+    pub vendor: crate::mib::Oid,
+    /// smLangRevision.
+    #[serde(default)]
+    pub revision: String,
 }
 
 /// `install` result.

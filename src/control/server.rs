@@ -373,6 +373,7 @@ fn reload(shared: &Shared) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     *shared.admin_gid.lock().expect("admin lock") = admin;
     shared.host.reload(config);
+    shared.mib.config_reloaded();
     tracing::info!("configuration reloaded");
     Ok(())
 }
@@ -889,19 +890,27 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
             admin: peer.admin,
         }),
         Op::Languages => {
+            // smLangTable as the model has it (the stable smLangIndex), with the runtime's
+            // host-side settings.
             let config = host.config();
-            let langs: Vec<Language> = config
-                .runtimes
-                .iter()
-                .enumerate()
-                .map(|(i, r)| Language {
-                    index: i as u32 + 1,
-                    name: r.name.0.clone(),
-                    description: r.description.clone(),
-                    extensions: r.extensions.iter().map(|e| e.0.clone()).collect(),
-                    profiles: r.profiles.0.iter().map(|p| p.to_string()).collect(),
-                    transport: r.transport,
-                    threading: r.threading,
+            let rows = shared.mib.languages().0;
+            let langs: Vec<Language> = rows
+                .into_iter()
+                .filter_map(|l| {
+                    let r = config.runtime(&l.runtime)?;
+                    Some(Language {
+                        index: l.index,
+                        name: l.runtime,
+                        description: r.description.clone(),
+                        extensions: r.extensions.iter().map(|e| e.0.clone()).collect(),
+                        profiles: r.profiles.0.iter().map(|p| p.to_string()).collect(),
+                        transport: r.transport,
+                        threading: r.threading,
+                        language: l.language,
+                        version: l.version,
+                        vendor: l.vendor,
+                        revision: l.revision,
+                    })
                 })
                 .collect();
             ok(langs)

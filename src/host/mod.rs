@@ -253,6 +253,16 @@ impl Host {
             .states_of(owner, name)
     }
 
+    /// Whether (owner, name) has any row in the run table (without copying them, unlike
+    /// `runs_of`).
+    pub fn has_runs(&self, owner: &str, name: &str) -> bool {
+        self.inner
+            .table
+            .lock()
+            .expect("table lock")
+            .has_runs(owner, name)
+    }
+
     /// How many runs of (owner, name) have not terminated.
     pub fn active_of(&self, owner: &str, name: &str) -> u32 {
         self.inner

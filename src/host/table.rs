@@ -447,7 +447,7 @@ impl Table {
             .unwrap_or_default()
     }
 
-    /// How many rows (owner, name) has in the run table, and their states.
+    /// The states of the rows (owner, name) has in the run table.
     pub fn states_of(&self, owner: &str, name: &str) -> Vec<RunState> {
         self.launches
             .get(&(owner.to_owned(), name.to_owned()))
@@ -458,6 +458,13 @@ impl Table {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Whether (owner, name) has any row in the run table.
+    pub fn has_runs(&self, owner: &str, name: &str) -> bool {
+        self.launches
+            .get(&(owner.to_owned(), name.to_owned()))
+            .is_some_and(|l| !l.by_index.is_empty())
     }
 
     /// How many runs of (owner, name) have not terminated.

@@ -10,7 +10,7 @@ use crate::config::Config;
 use super::types::Oid;
 
 /// One smLangTable row.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct LangRow {
     /// smLangIndex: stable across restarts and reloads (kept by runtime name).
     pub index: u32,
@@ -25,7 +25,7 @@ pub struct LangRow {
 }
 
 /// One smExtsnTable row.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ExtsnRow {
     /// smLangIndex of the language it extends.
     pub lang: u32,

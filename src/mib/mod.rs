@@ -53,7 +53,7 @@ pub struct State {
 }
 
 /// An smLaunchTable row with the columns answered from the run table and the clock.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LaunchView {
     #[serde(flatten)]
     pub row: LaunchRow,
@@ -65,7 +65,7 @@ pub struct LaunchView {
 }
 
 /// What a set request started.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 pub struct SetOutcome {
     /// The smRunTable rows that smLaunchStart created, as they are right after.
     pub started: Vec<RunInfo>,
@@ -93,7 +93,7 @@ impl RunsView for HostRuns<'_> {
         self.0.active_of(owner, name)
     }
     fn has_runs(&self, owner: &str, name: &str) -> bool {
-        !self.0.states_of(owner, name).is_empty()
+        self.0.has_runs(owner, name)
     }
     fn run_state(&self, owner: &str, name: &str, index: u32) -> Option<RunState> {
         self.0.run_at(owner, name, index).map(|r| r.state)
@@ -215,6 +215,17 @@ impl Mib {
         lang::tables(&self.inner.host.config(), &s.lang_index)
     }
 
+    /// The host's configuration was reloaded: runtimes new to it get an smLangIndex (the
+    /// others keep theirs), saved like the first ones.
+    pub fn config_reloaded(&self) {
+        let mut s = self.inner.state.lock().expect("mib lock");
+        if lang::assign_indexes(&self.inner.host.config(), &mut s.lang_index)
+            && let Some(store) = &self.inner.store
+        {
+            store.put(store::Op::LangIndexes(s.lang_index.clone()));
+        }
+    }
+
     /// smScriptTable, in index order.
     pub fn scripts(&self) -> Vec<ScriptRow> {
         let s = self.inner.state.lock().expect("mib lock");
@@ -253,7 +264,7 @@ impl Mib {
         let host = &self.inner.host;
         let enabled = script_enabled(s, &l.script_owner, &l.script_name);
         LaunchView {
-            oper_status: l.oper(enabled, !host.states_of(&l.owner, &l.name).is_empty()),
+            oper_status: l.oper(enabled, host.has_runs(&l.owner, &l.name)),
             row_expire_time: l.row_expire.remaining(Instant::now()),
             running: host.active_of(&l.owner, &l.name),
             row: l.clone(),
@@ -310,7 +321,7 @@ impl Mib {
                 SystemTime::now(),
                 Instant::now(),
             )?;
-            let touched = touched(&staged);
+            let touched = touched(&staged, changes);
             let actions = set::commit(&mut s, staged);
             self.persist(&s, &touched);
             actions
@@ -318,6 +329,19 @@ impl Mib {
         let mut outcome = SetOutcome::default();
         let mut failed = None;
         for a in actions {
+            // A URL is retrieved in the background (the request is answered with the row
+            // `retrieving`); code from smCodeTable or the storage loads before the answer.
+            if let Action::Enable { owner, name } = &a
+                && self
+                    .script(owner, name)
+                    .is_some_and(|r| !r.source.is_empty())
+            {
+                let m = self.clone();
+                self.inner.tasks.spawn(async move {
+                    let _ = m.execute(a).await;
+                });
+                continue;
+            }
             let start = matches!(a, Action::Start { .. });
             match self.execute(a).await {
                 Ok(Some(run)) => outcome.started.push(run),
@@ -523,6 +547,11 @@ impl Mib {
                     l.error = crate::host::admin_string(e.as_bytes());
                 }
             }
+            // smLaunchStart and smLaunchError as read after a restart: the row was saved
+            // by the request, before the start.
+            if l.storage_type == StorageType::NonVolatile {
+                self.persist(&s, &[Touched::Launch(key)]);
+            }
         }
         result
     }
@@ -710,7 +739,7 @@ impl Mib {
                 })
                 .collect();
             for (key, l) in s.launches.iter_mut() {
-                let has_runs = !host.states_of(&key.0, &key.1).is_empty();
+                let has_runs = host.has_runs(&key.0, &key.1);
                 let on = enabled
                     .get(&(l.script_owner.clone(), l.script_name.clone()))
                     .copied()
@@ -757,7 +786,7 @@ impl Mib {
                 for (key, l) in s.launches.iter_mut() {
                     match l.row_expire.deadline() {
                         Some(d) if d <= now && !l.expired => {
-                            if host.states_of(&key.0, &key.1).is_empty() {
+                            if !host.has_runs(&key.0, &key.1) {
                                 removed.push(key.clone());
                             } else {
                                 tracing::info!(
@@ -878,7 +907,7 @@ enum Touched {
     Launch(Key),
 }
 
-fn touched(st: &set::Staged) -> Vec<Touched> {
+fn touched(st: &set::Staged, changes: &[Change]) -> Vec<Touched> {
     let mut v: Vec<Touched> = st.scripts.keys().cloned().map(Touched::Script).collect();
     for (o, n, _) in st.code.keys() {
         let k = (o.clone(), n.clone());
@@ -886,7 +915,22 @@ fn touched(st: &set::Staged) -> Vec<Touched> {
             v.push(Touched::Script(k));
         }
     }
-    v.extend(st.launches.keys().cloned().map(Touched::Launch));
+    // smLaunchStart and smLaunchControl act on runs and leave the row as it is (a start
+    // saves smLaunchStart itself, once it knows the index): no write for them.
+    let changed = |k: &Key| {
+        changes.iter().any(|c| {
+            matches!(c, Change::Launch { owner, name, col }
+                if (owner, name) == (&k.0, &k.1)
+                    && !matches!(col, LaunchCol::Start(_) | LaunchCol::Control(_)))
+        })
+    };
+    v.extend(
+        st.launches
+            .keys()
+            .filter(|k| changed(k))
+            .cloned()
+            .map(Touched::Launch),
+    );
     v
 }
 
@@ -1050,31 +1094,18 @@ impl Mib {
             name: n.into(),
             col,
         };
-        let mut changes = Vec::new();
-        if let Some(old) = self.script(o, n) {
-            if old.oper_status == ScriptOper::Enabled {
-                changes.push(s(ScriptCol::AdminStatus(ScriptAdmin::Disabled.number())));
-                self.set(who, &changes)
-                    .await
-                    .map_err(|e| MibError::at(&changes, e))?;
-                changes.clear();
-            }
-            changes.push(s(ScriptCol::RowStatus(RowStatus::Destroy.number())));
-            self.set(who, &changes)
-                .await
-                .map_err(|e| MibError::at(&changes, e))?;
-            changes.clear();
-        }
-        changes.push(s(ScriptCol::RowStatus(RowStatus::CreateAndWait.number())));
-        changes.push(s(ScriptCol::Language(lang as i64)));
-        changes.push(s(ScriptCol::Descr(
-            spec.descr.unwrap_or_default().into_bytes(),
-        )));
+        let mut create = vec![
+            s(ScriptCol::RowStatus(RowStatus::CreateAndWait.number())),
+            s(ScriptCol::Language(lang as i64)),
+            s(ScriptCol::Descr(
+                spec.descr.unwrap_or_default().into_bytes(),
+            )),
+        ];
         if let Some(st) = spec.storage_type {
-            changes.push(s(ScriptCol::StorageType(st.number())));
+            create.push(s(ScriptCol::StorageType(st.number())));
         }
         match &spec.source {
-            Some(url) => changes.push(s(ScriptCol::Source(url.clone().into_bytes()))),
+            Some(url) => create.push(s(ScriptCol::Source(url.clone().into_bytes()))),
             None => {
                 if spec.content.is_empty() {
                     return Err(MibError::BadRequest("the script is empty".into()));
@@ -1086,14 +1117,33 @@ impl Mib {
                         index: i as u32 + 1,
                         col,
                     };
-                    changes.push(c(CodeCol::RowStatus(RowStatus::CreateAndGo.number())));
-                    changes.push(c(CodeCol::Text(frag.to_vec())));
+                    create.push(c(CodeCol::RowStatus(RowStatus::CreateAndGo.number())));
+                    create.push(c(CodeCol::Text(frag.to_vec())));
                 }
             }
         }
-        self.set(who, &changes)
+        // A replacement that cannot go through leaves the old script as it is: the new row
+        // is checked as if the old one were gone, and the old one must be removable.
+        self.test_fresh(who, &create)
+            .map_err(|e| MibError::at(&create, e))?;
+        if let Some(old) = self.script(o, n) {
+            self.removable(o, n)?;
+            let mut changes = Vec::new();
+            if old.oper_status == ScriptOper::Enabled {
+                changes.push(s(ScriptCol::AdminStatus(ScriptAdmin::Disabled.number())));
+                self.set(who, &changes)
+                    .await
+                    .map_err(|e| MibError::at(&changes, e))?;
+                changes.clear();
+            }
+            changes.push(s(ScriptCol::RowStatus(RowStatus::Destroy.number())));
+            self.set(who, &changes)
+                .await
+                .map_err(|e| MibError::at(&changes, e))?;
+        }
+        self.set(who, &create)
             .await
-            .map_err(|e| MibError::at(&changes, e))?;
+            .map_err(|e| MibError::at(&create, e))?;
         let enable = [
             s(ScriptCol::RowStatus(RowStatus::Active.number())),
             s(ScriptCol::AdminStatus(ScriptAdmin::Enabled.number())),
@@ -1102,6 +1152,49 @@ impl Mib {
             .await
             .map_err(|e| MibError::at(&enable, e))?;
         self.script(o, n).ok_or(MibError::NoSuchRow("script"))
+    }
+
+    /// Checks `changes` (that create the script row they name) as if no rows existed yet.
+    fn test_fresh(&self, who: &Principal, changes: &[Change]) -> Result<(), (usize, SetError)> {
+        let fresh = State {
+            lang_index: self
+                .inner
+                .state
+                .lock()
+                .expect("mib lock")
+                .lang_index
+                .clone(),
+            ..State::default()
+        };
+        set::stage(
+            &fresh,
+            changes,
+            who,
+            &HostRuns(&self.inner.host),
+            SystemTime::now(),
+            Instant::now(),
+        )
+        .map(|_| ())
+    }
+
+    /// Whether the script (owner, name) may be disabled and destroyed now: the check that
+    /// destroy makes (RFC 3165 7.4), made before the row is disabled, so that a refusal
+    /// leaves it enabled.
+    fn removable(&self, owner: &str, name: &str) -> Result<(), MibError> {
+        let running = self
+            .launches()
+            .into_iter()
+            .find(|l| l.row.script_owner == owner && l.row.script_name == name && l.running > 0);
+        match running {
+            Some(l) => Err(MibError::Set {
+                column: "smScriptRowStatus",
+                error: SetError::InconsistentValue(format!(
+                    "scripts launched from this row are still running (launch button {}/{})",
+                    l.row.owner, l.row.name
+                )),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Disables and destroys a script row (RFC 3165 7.4).
@@ -1114,6 +1207,7 @@ impl Mib {
         if self.script(owner, name).is_none() {
             return Err(MibError::NoSuchRow("script"));
         }
+        self.removable(owner, name)?;
         let s = |col| Change::Script {
             owner: owner.into(),
             name: name.into(),

@@ -226,7 +226,14 @@ fn write_batch(
 ) -> Result<(), rusqlite::Error> {
     let tx = conn.transaction()?;
     let json = |v: &dyn erased::Json| v.json();
-    for op in batch {
+    // Within a batch only the last write of each row counts (a run saved when it starts
+    // and again when it ends, a launch button saved at every start): the others are
+    // skipped before they are serialized.
+    let last = last_writes(&batch);
+    for (i, op) in batch.into_iter().enumerate() {
+        if !last[i] {
+            continue;
+        }
         match op {
             Op::LangIndexes(m) => {
                 tx.execute("DELETE FROM lang", [])?;
@@ -291,6 +298,35 @@ fn write_batch(
     tx.commit()
 }
 
+/// The row a write replaces or deletes.
+#[derive(PartialEq, Eq, Hash)]
+enum RowKey<'a> {
+    Lang,
+    Script(&'a str, &'a str),
+    Launch(&'a str, &'a str),
+    Run(u64),
+}
+
+/// For each write of `batch`, whether it is the last one of its row (flushes always are).
+fn last_writes(batch: &[Op]) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::new();
+    let mut last = vec![true; batch.len()];
+    for (i, op) in batch.iter().enumerate().rev() {
+        let key = match op {
+            Op::LangIndexes(_) => RowKey::Lang,
+            Op::PutScript(r, _) => RowKey::Script(&r.owner, &r.name),
+            Op::DeleteScript((o, n)) => RowKey::Script(o, n),
+            Op::PutLaunch(l) => RowKey::Launch(&l.owner, &l.name),
+            Op::DeleteLaunch((o, n)) => RowKey::Launch(o, n),
+            Op::PutRun(r) => RowKey::Run(r.run_id.0),
+            Op::DeleteRun(id) => RowKey::Run(*id),
+            Op::Flush(_) => continue,
+        };
+        last[i] = seen.insert(key);
+    }
+    last
+}
+
 /// Serializing rows for the database without naming each type.
 mod erased {
     pub trait Json {
@@ -301,5 +337,56 @@ mod erased {
         fn json(&self) -> String {
             serde_json::to_string(self).unwrap_or_else(|_| "null".into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(name: &str, max: u32) -> LaunchRow {
+        let mut l = LaunchRow::new("o", name, Instant::now());
+        l.max_completed = max;
+        l
+    }
+
+    #[test]
+    fn only_the_last_write_of_a_row_counts_in_a_batch() {
+        let (tx, _rx) = mpsc::sync_channel(1);
+        let batch = vec![
+            Op::DeleteRun(1),
+            Op::PutLaunch(Box::new(launch("a", 1))),
+            Op::Flush(tx),
+            Op::DeleteLaunch(("o".into(), "a".into())),
+            Op::DeleteRun(1),
+            Op::DeleteRun(2),
+            Op::PutLaunch(Box::new(launch("b", 1))),
+        ];
+        assert_eq!(
+            last_writes(&batch),
+            [false, false, true, true, true, true, true]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_commits_the_last_value_of_each_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for max in 1..=50 {
+            store.put(Op::PutLaunch(Box::new(launch("a", max))));
+        }
+        store.put(Op::PutLaunch(Box::new(launch("b", 7))));
+        store.put(Op::DeleteLaunch(("o".into(), "b".into())));
+        store.put(Op::PutLaunch(Box::new(launch("c", 3))));
+        store.flush().await;
+        let mut got: Vec<(String, u32)> = store
+            .load()
+            .unwrap()
+            .launches
+            .into_iter()
+            .map(|l| (l.name, l.max_completed))
+            .collect();
+        got.sort();
+        assert_eq!(got, [("a".to_owned(), 50), ("c".to_owned(), 3)]);
     }
 }
