@@ -51,6 +51,10 @@ pub struct Storage {
     quota: std::sync::atomic::AtomicU64,
 }
 
+/// The directory, inside an owner's, of the Script MIB's scripts. `component` never yields
+/// it (a `%` is always followed by two hex digits), so no `install`ed file can be it.
+const MIB_AREA: &str = "%mib";
+
 /// `[host] storage_quota`'s default: 64 MiB per owner.
 pub const DEFAULT_QUOTA: u64 = 64 << 20;
 
@@ -135,16 +139,49 @@ impl Storage {
         content: &[u8],
         executable: bool,
     ) -> Result<String, StorageError> {
+        self.install_in(owner, None, name, content, executable)
+    }
+
+    /// Stores the code of the Script MIB's script (owner, name) in the owner's MIB area,
+    /// apart from the files `install` writes, so that neither can overwrite the other.
+    pub fn install_mib(
+        &self,
+        owner: &str,
+        name: &str,
+        content: &[u8],
+    ) -> Result<String, StorageError> {
+        self.install_in(owner, Some(MIB_AREA), name, content, true)
+    }
+
+    /// Where `install_mib` keeps (owner, name), relative to the storage.
+    pub fn mib_path(owner: &str, name: &str) -> String {
+        format!("{}/{MIB_AREA}/{}", component(owner), component(name))
+    }
+
+    fn install_in(
+        &self,
+        owner: &str,
+        area: Option<&str>,
+        name: &str,
+        content: &[u8],
+        executable: bool,
+    ) -> Result<String, StorageError> {
         if content.len() as u64 > MAX_SCRIPT_OCTETS {
             return Err(StorageError::TooLarge {
                 size: content.len() as u64,
                 max: MAX_SCRIPT_OCTETS,
             });
         }
-        let dir = self.root.join(component(owner));
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(io_err(&dir))?;
+        let owner_dir = self.root.join(component(owner));
+        let dir = match area {
+            Some(a) => owner_dir.join(a),
+            None => owner_dir.clone(),
+        };
+        for d in [&owner_dir, &dir] {
+            std::fs::create_dir_all(d).map_err(io_err(d))?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+                .map_err(io_err(d))?;
+        }
         let file = component(name);
         let target = dir.join(&file);
         // Unique per install, so concurrent installs of one name never share a file.
@@ -157,7 +194,7 @@ impl Storage {
                 // Only while the write fd is open: forks wait for a page-cache write, not
                 // for the disk. Installs are one at a time here, so the quota holds.
                 let _no_fork = FORK_GUARD.write().unwrap_or_else(|e| e.into_inner());
-                self.check_quota(owner, &dir, &file, content.len() as u64)?;
+                self.check_quota(owner, &owner_dir, &target, content.len() as u64)?;
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -181,22 +218,35 @@ impl Storage {
             }
             io_err(&target)(e)
         })?;
-        Ok(format!("{}/{}", component(owner), file))
+        Ok(match area {
+            Some(a) => format!("{}/{a}/{file}", component(owner)),
+            None => format!("{}/{file}", component(owner)),
+        })
     }
 
-    /// Fails with `QuotaExceeded` (as an io::Error carrying it) if the owner's scripts but
-    /// `file` plus `size` octets exceed the quota.
-    fn check_quota(&self, owner: &str, dir: &Path, file: &str, size: u64) -> io::Result<()> {
+    /// Fails with `QuotaExceeded` (as an io::Error carrying it) if the owner's scripts (its
+    /// files and its MIB area) but `target` plus `size` octets exceed the quota.
+    fn check_quota(&self, owner: &str, dir: &Path, target: &Path, size: u64) -> io::Result<()> {
         let quota = self.quota.load(std::sync::atomic::Ordering::Relaxed);
         if quota == 0 {
             return Ok(());
         }
-        let used: u64 = std::fs::read_dir(dir)?
-            .flatten()
-            .filter(|e| e.file_name().to_str() != Some(file))
-            .filter_map(|e| e.metadata().ok())
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
+        let files = |d: &Path| -> Vec<(PathBuf, u64)> {
+            std::fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
+                .filter(|(_, m)| m.is_file())
+                .map(|(p, m)| (p, m.len()))
+                .collect()
+        };
+        let mut all = files(dir);
+        all.extend(files(&dir.join(MIB_AREA)));
+        let used: u64 = all
+            .iter()
+            .filter(|(p, _)| p != target)
+            .map(|(_, len)| len)
             .sum();
         let would = used + size;
         if would > quota {
@@ -383,6 +433,29 @@ mod tests {
         s.install("b", "two", &[b'y'; 100], false).unwrap();
         s.set_quota(0);
         s.install("a", "big", &[b'x'; 1000], false).unwrap();
+    }
+
+    /// The Script MIB's scripts live apart from `install`ed files: `smx run --daemon x`
+    /// cannot overwrite the MIB's script x of the same owner, nor the other way round. The
+    /// quota counts both.
+    #[test]
+    fn mib_scripts_and_installed_files_never_share_a_path() {
+        let s = Storage::temporary().unwrap();
+        let mib = s.install_mib("a", "x.sh", b"mib").unwrap();
+        let file = s.install("a", "x.sh", b"file", true).unwrap();
+        assert_ne!(mib, file);
+        assert_eq!(mib, Storage::mib_path("a", "x.sh"));
+        assert_eq!(s.read(&mib).unwrap(), b"mib");
+        assert_eq!(s.read(&file).unwrap(), b"file");
+        // No name `install` accepts reaches the MIB area.
+        let sneaky = s.install("a", "%mib", b"x", false).unwrap();
+        assert_ne!(sneaky, "a/%mib");
+        s.set_quota(10);
+        let e = s.install("a", "y", b"123", false).unwrap_err();
+        assert!(
+            matches!(e, StorageError::QuotaExceeded { would: 11, .. }),
+            "{e}"
+        );
     }
 
     #[test]

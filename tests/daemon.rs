@@ -1258,8 +1258,9 @@ async fn cli_verbs_through_socket_flag_and_smx_socket() {
         assert!(sleeper_row.contains(word), "{word}: {sleeper_row}");
     }
     // No exit code for a run that has not ended (smRunExitCode's noError says nothing yet).
+    // Columns: RUNID OWNER LAUNCH INDEX RUNTIME STATE EXIT ...
     assert_eq!(
-        sleeper_row.split_whitespace().nth(5),
+        sleeper_row.split_whitespace().nth(6),
         Some("-"),
         "EXIT: {sleeper_row}"
     );

@@ -1619,7 +1619,7 @@ async fn cli_script_and_launch_verbs_answer_as_the_mib_does() {
             &json!("from a file"),
             &json!("nonVolatile"),
             &json!("enabled"),
-            &json!("ops/hi")
+            &json!("ops/%mib/hi")
         )
     );
     assert_eq!(

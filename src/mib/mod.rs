@@ -453,11 +453,7 @@ impl Mib {
                 Ok(None)
             }
             Action::ScriptGone { owner, name } => {
-                let rel = format!(
-                    "{}/{}",
-                    crate::storage::component(&owner),
-                    crate::storage::component(&name)
-                );
+                let rel = crate::storage::Storage::mib_path(&owner, &name);
                 let storage = host.storage();
                 if let Err(e) = storage.remove(&rel)
                     && !matches!(e, crate::storage::StorageError::NotFound(_))
@@ -631,7 +627,7 @@ impl Mib {
             Ok(bytes) => {
                 let host = self.inner.host.clone();
                 let (o, n) = (owner.to_owned(), name.to_owned());
-                tokio::task::spawn_blocking(move || host.storage().install(&o, &n, &bytes, true))
+                tokio::task::spawn_blocking(move || host.storage().install_mib(&o, &n, &bytes))
                     .await
                     .map_err(|e| (ScriptOper::GenericError, e.to_string()))
                     .and_then(|r| r.map_err(|e| (ScriptOper::NoResourcesLeft, e.to_string())))
