@@ -1941,7 +1941,7 @@ async fn cli_script_and_launch_verbs_answer_as_the_mib_does() {
     let left = script_row(&mut c, "ops", "sleeper").await.unwrap();
     assert_eq!(left.oper_status, ScriptOper::Enabled, "{left:#?}");
     assert_eq!(
-        std::fs::read_to_string(dir.join("storage/ops/sleeper")).unwrap(),
+        std::fs::read_to_string(dir.join("storage/ops/%mib/sleeper")).unwrap(),
         SLEEPER,
         "the old script is still the stored one"
     );
@@ -1951,7 +1951,7 @@ async fn cli_script_and_launch_verbs_answer_as_the_mib_does() {
         "script ops/sleeper removed\n"
     );
     assert!(
-        !dir.join("storage/ops/sleeper").exists(),
+        !dir.join("storage/ops/%mib/sleeper").exists(),
         "its stored file goes too"
     );
     fails(

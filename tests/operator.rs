@@ -243,8 +243,9 @@ fn daemon_on_the_embedded_default_runs_the_callers_scripts() {
         .find(|l| l.contains("sleep.sh"))
         .unwrap_or_else(|| panic!("{table}"));
     let cols: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(cols[4], "executing", "{table}");
-    assert_eq!(cols[5], "-", "EXIT of a running script: {table}");
+    // Columns: RUNID OWNER LAUNCH INDEX RUNTIME STATE EXIT ...
+    assert_eq!(cols[5], "executing", "{table}");
+    assert_eq!(cols[6], "-", "EXIT of a running script: {table}");
     assert!(
         table
             .lines()
