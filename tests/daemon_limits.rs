@@ -574,7 +574,15 @@ async fn the_connection_cap_refuses_with_one_line() {
     );
     assert_eq!(open[0].clients().await, 3);
     drop(open.pop());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The daemon frees the place once it has seen the close (bounded wait, no fixed sleep).
+    let t0 = Instant::now();
+    while open[0].clients().await != 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the closed connection still counts"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     open.push(d.raw().await);
     refused(&d, "[control] max_connections)").await;
 
