@@ -657,3 +657,91 @@ async fn non_volatile_rows_and_finished_runs_survive_a_new_host() {
     m2.host().shutdown().await;
     old.host().shutdown().await;
 }
+
+/// Found by a hostile review: a user could point an autostart button at another owner's
+/// script and so run it (autostart has no principal to run smLaunchStart check 4 for).
+/// The check now holds when the button names the script.
+#[tokio::test]
+async fn a_button_may_name_only_scripts_its_principal_may_read() {
+    let m = mib();
+    push_script(&m, "bob", "secret.sh", "#!/bin/sh\necho secret\n").await;
+    let alice = Principal::User("alice".into());
+    let e = m
+        .set(
+            &alice,
+            &[
+                la("alice", "steal", LaunchCol::RowStatus(4)),
+                la("alice", "steal", LaunchCol::ScriptOwner(b"bob".to_vec())),
+                la(
+                    "alice",
+                    "steal",
+                    LaunchCol::ScriptName(b"secret.sh".to_vec()),
+                ),
+                la("alice", "steal", LaunchCol::AdminStatus(3)),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.0, 1);
+    assert!(e.1.message().contains("check 4"), "{e:?}");
+    assert!(m.launch("alice", "steal").is_none());
+    assert!(m.host().runs_of("alice", "steal").is_empty());
+}
+
+/// Found by a hostile review: concurrent `launch_start`s with arguments ran with each
+/// other's arguments. A start takes the button as its own request left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_starts_keep_their_own_arguments() {
+    let m = mib();
+    push_script(&m, "ops", "echo.sh", "#!/bin/sh\necho \"$1\"\n").await;
+    add_launch(
+        &m,
+        "ops",
+        "e",
+        ("ops", "echo.sh"),
+        vec![LaunchCol::MaxRunning(1000), LaunchCol::MaxCompleted(1000)],
+    )
+    .await;
+    let tasks: Vec<_> = (0..400)
+        .map(|i| {
+            let m = m.clone();
+            tokio::spawn(async move {
+                let arg = format!("arg-{i}");
+                let r = m
+                    .start_launch(&ADMIN, "ops", "e", None, Some(arg.as_str().into()))
+                    .await
+                    .unwrap();
+                (arg, r)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (arg, r) = t.await.unwrap();
+        assert_eq!(
+            r.argument.as_bytes(),
+            arg.as_bytes(),
+            "run {} took another request's argument",
+            r.index
+        );
+    }
+    m.host().shutdown().await;
+}
+
+/// Found by a hostile review: the control API's `launch` op rewrote a manager's launch
+/// button (limits gone, a disabled script run anyway). It may reuse only its own.
+#[tokio::test]
+async fn the_launch_op_keeps_its_hands_off_the_managers_buttons() {
+    let m = mib();
+    push_script(&m, "ops", "s.sh", "#!/bin/sh\n").await;
+    add_launch(
+        &m,
+        "ops",
+        "mine",
+        ("ops", "s.sh"),
+        vec![LaunchCol::MaxRunning(3)],
+    )
+    .await;
+    let e = m.may_launch_file("ops", "mine").unwrap_err();
+    assert!(e.to_string().contains("use launch_start"), "{e}");
+    assert!(m.may_launch_file("ops", "other").is_ok());
+}

@@ -969,6 +969,10 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
             if let Some(n) = p.name {
                 req.name = n;
             }
+            shared
+                .mib
+                .may_launch_file(&p.owner, &req.name)
+                .map_err(mib_error)?;
             req.owner = (!runs_as_itself(&host.config(), peer, &p.owner)).then_some(p.owner);
             req.runtime = p.runtime;
             req.argument = p.argument;

@@ -153,10 +153,23 @@ fn fetch_file(
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .map_err(|e| FetchError::Other(format!("cannot read {path}: {e}")))?;
-        let out = tokio::time::timeout(limits.timeout, child.wait_with_output())
+        // Read at most one octet past the limit (a /dev/zero must not fill the daemon's
+        // memory), and stderr within a small bound; `cat` is killed on any way out.
+        use tokio::io::AsyncReadExt;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let errs = tokio::spawn(async move {
+            let mut err = Vec::new();
+            let _ = stderr.take(64 * 1024).read_to_end(&mut err).await;
+            err
+        });
+        let mut body = Vec::new();
+        let mut limited = stdout.take(limits.max_octets + 1);
+        let read = limited.read_to_end(&mut body);
+        tokio::time::timeout(limits.timeout, read)
             .await
             .map_err(|_| {
                 FetchError::ProtocolFailure(format!(
@@ -165,11 +178,31 @@ fn fetch_file(
                 ))
             })?
             .map_err(|e| FetchError::Other(e.to_string()))?;
+        if body.len() as u64 > limits.max_octets {
+            let _ = child.kill().await;
+            return Err(FetchError::TooLarge(limits.max_octets));
+        }
+        let status = tokio::time::timeout(limits.timeout, child.wait())
+            .await
+            .map_err(|_| FetchError::ProtocolFailure(format!("reading {path} did not end")))?
+            .map_err(|e| FetchError::Other(e.to_string()))?;
+        struct Out {
+            status: std::process::ExitStatus,
+            stdout: Vec<u8>,
+            stderr: Vec<u8>,
+        }
+        let err = tokio::time::timeout(Duration::from_secs(1), errs)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let out = Out {
+            status,
+            stdout: body,
+            stderr: err,
+        };
         let err = String::from_utf8_lossy(&out.stderr);
         if out.status.success() {
-            if out.stdout.len() as u64 > limits.max_octets {
-                return Err(FetchError::TooLarge(limits.max_octets));
-            }
             Ok(out.stdout)
         } else if err.contains("Permission denied") {
             Err(FetchError::AccessDenied(path))

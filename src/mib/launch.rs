@@ -38,6 +38,10 @@ pub struct LaunchRow {
     /// Set once smLaunchRowExpireTime reached 0 while runs still existed.
     #[serde(skip)]
     pub expired: bool,
+    /// Made by the control API's `launch` op for a run of a stored file, not by a manager.
+    /// Only such buttons may that op reuse and rewrite.
+    #[serde(default)]
+    pub implicit: bool,
     /// smLaunchRowExpireTime (kept by the store as its remaining value).
     #[serde(skip, default = "no_expiry")]
     pub(crate) row_expire: Countdown,
@@ -144,6 +148,7 @@ impl LaunchRow {
             error: String::new(),
             last_change: None,
             expired: false,
+            implicit: false,
             row_expire,
             script_owner_set: false,
             last_oper: LaunchOper::Disabled,

@@ -400,7 +400,12 @@ impl Mib {
                 self.edit(&owner, &name);
                 Ok(None)
             }
-            Action::Start { owner, name, index } => self.start(&owner, &name, index).map(Some),
+            Action::Start {
+                owner,
+                name,
+                index,
+                row,
+            } => self.start(&owner, &name, index, Some(&row)).map(Some),
             Action::LaunchControl {
                 owner,
                 name,
@@ -486,18 +491,28 @@ impl Mib {
     }
 
     /// smLaunchStart: creates the run row (state initializing) and starts it.
-    fn start(&self, owner: &str, name: &str, index: u32) -> Result<RunInfo, String> {
+    /// smLaunchStart with the button's columns as `committed` has them (a set request), or
+    /// as they are now (autostart).
+    fn start(
+        &self,
+        owner: &str,
+        name: &str,
+        index: u32,
+        committed: Option<&LaunchRow>,
+    ) -> Result<RunInfo, String> {
         let key = (owner.to_owned(), name.to_owned());
         let req = {
             let mut s = self.inner.state.lock().expect("mib lock");
-            let (script_owner, script_name) = match s.launches.get_mut(&key) {
+            let live = match s.launches.get_mut(&key) {
                 Some(l) => {
                     // "reset ... when a new attempt to launch a script is started"
                     l.error.clear();
-                    (l.script_owner.clone(), l.script_name.clone())
+                    l.clone()
                 }
                 None => return Err("the launch button is gone".into()),
             };
+            let l = committed.unwrap_or(&live);
+            let (script_owner, script_name) = (l.script_owner.clone(), l.script_name.clone());
             let script = s
                 .scripts
                 .get(&(script_owner.clone(), script_name.clone()))
@@ -508,7 +523,6 @@ impl Mib {
                     .find(|(_, i)| **i == sc.language)
                     .map(|(n, _)| n.clone())
             });
-            let l = &s.launches[&key];
             let stored = script.and_then(|sc| sc.stored);
             match (stored, runtime) {
                 (Some(path), Some(runtime)) => {
@@ -763,7 +777,7 @@ impl Mib {
         }
         for (owner, name) in autostart {
             tracing::info!(owner, name, "autostart");
-            if let Err(e) = self.start(&owner, &name, 0) {
+            if let Err(e) = self.start(&owner, &name, 0, None) {
                 tracing::warn!(owner, name, "autostart failed: {e}");
             }
         }
@@ -1304,6 +1318,20 @@ impl Mib {
             .ok_or(MibError::NoSuchRow("run"))
     }
 
+    /// Whether the control API's `launch` op may run a file under the button (owner,
+    /// name): only if there is none, or it is one that op made.
+    pub fn may_launch_file(&self, owner: &str, name: &str) -> Result<(), MibError> {
+        match self.launch(owner, name) {
+            Some(l) if !l.row.implicit => Err(MibError::Set {
+                column: "smLaunchName",
+                error: SetError::InconsistentValue(format!(
+                    "launch button {owner}/{name} exists in smLaunchTable: use launch_start (or another name)"
+                )),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Disables and destroys a launch button.
     pub async fn remove_launch(
         &self,
@@ -1349,11 +1377,10 @@ impl Mib {
             let mut s = self.inner.state.lock().expect("mib lock");
             let key = (owner.to_owned(), name.to_owned());
             if let Some(l) = s.launches.get(&key)
-                && (l.script_owner != owner || l.script_name != script_name)
+                && !l.implicit
             {
                 return Err(MibError::BadRequest(format!(
-                    "launch button {owner}/{name} runs {}/{}; this run has no button of its own",
-                    l.script_owner, l.script_name
+                    "launch button {owner}/{name} belongs to the Script MIB; this run has no button of its own"
                 )));
             }
             let skey = (owner.to_owned(), script_name.clone());
@@ -1373,6 +1400,7 @@ impl Mib {
                 .launches
                 .entry(key)
                 .or_insert_with(|| LaunchRow::new(owner, name, Instant::now()));
+            l.implicit = true;
             l.script_owner = owner.to_owned();
             l.script_name = script_name;
             l.script_owner_set = true;

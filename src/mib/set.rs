@@ -87,17 +87,20 @@ pub trait RunsView {
 }
 
 /// What a committed request asks of the host, in request order.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Action {
     /// Load the script (code, local storage or URL) and make it available.
     Enable { owner: String, name: String },
     /// Make the script's code editable in smCodeTable.
     Edit { owner: String, name: String },
-    /// Start a run (smLaunchStart); `index` 0 asks for a fresh smRunIndex.
+    /// Start a run (smLaunchStart); `index` 0 asks for a fresh smRunIndex. `row` is the
+    /// launch button as this request left it: the run takes its argument, lifetime and
+    /// script from it, whatever a later request changes meanwhile.
     Start {
         owner: String,
         name: String,
         index: u32,
+        row: Box<LaunchRow>,
     },
     /// smLaunchControl, fanned out to the applicable runs.
     LaunchControl {
@@ -483,6 +486,22 @@ pub fn stage(
             })
             .transpose()?;
         let existing = state.launches.get(key);
+        // smLaunchStart check 4 must hold whenever the button starts, autostart included
+        // (which has no principal): a principal may point a button only at scripts it may
+        // read.
+        for (i, c) in cols {
+            if let LaunchCol::ScriptOwner(o) = c
+                && !who.may_access(&String::from_utf8_lossy(o))
+            {
+                return Err((
+                    *i,
+                    SetError::InconsistentValue(format!(
+                        "no read access to the scripts of owner {:?} (smLaunchStart check 4)",
+                        String::from_utf8_lossy(o)
+                    )),
+                ));
+            }
+        }
         let has_runs = runs.has_runs(&key.0, &key.1);
         let row = transition(
             existing,
@@ -550,6 +569,7 @@ pub fn stage(
                         owner: key.0.clone(),
                         name: key.1.clone(),
                         index,
+                        row: Box::new(launch.clone()),
                     });
                 }
                 LaunchCol::Control(v) => {

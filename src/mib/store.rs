@@ -105,6 +105,23 @@ impl Store {
             path: path.clone(),
             source,
         };
+        // Every owner's code, arguments and results are in here: only the daemon's user
+        // may read it (the script storage is world-readable for runtimes; this is not).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let private = |p: &Path, mode| {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(
+                    |source| StoreError::Dir {
+                        path: p.to_owned(),
+                        source,
+                    },
+                )
+            };
+            private(dir, 0o700)?;
+            let conn = Connection::open(&path).map_err(db_err)?;
+            drop(conn);
+            private(&path, 0o600)?;
+        }
         let conn = Connection::open(&path).map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
@@ -388,5 +405,23 @@ mod tests {
             .collect();
         got.sort();
         assert_eq!(got, [("a".to_owned(), 50), ("c".to_owned(), 3)]);
+    }
+}
+
+#[cfg(test)]
+mod permission_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Found by a hostile review: the database (every owner's code, arguments and results)
+    /// was world-readable.
+    #[test]
+    fn only_the_daemon_may_read_the_database() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        let s = Store::open(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(s.path()), 0o600);
     }
 }
