@@ -745,3 +745,64 @@ async fn the_launch_op_keeps_its_hands_off_the_managers_buttons() {
     assert!(e.to_string().contains("use launch_start"), "{e}");
     assert!(m.may_launch_file("ops", "other").is_ok());
 }
+
+/// Found by a hostile review: smCodeTable rows were unbounded (36 MB from one user in ten
+/// requests). They count against the owner's `[host] storage_quota` like stored scripts.
+#[tokio::test]
+async fn code_fragments_count_against_the_owners_quota() {
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    let mut c = config(&format!(
+        "[[os_profile]]\nname = \"self\"\nuser = {me:?}\n\
+         [[owner]]\nname = \"*\"\nos_profile = \"self\"\nruntime_profile = \"trusted\"\n"
+    ));
+    c.host.storage_quota = 2048;
+    let m = Mib::new(
+        smx::host::Host::new(c, smx::storage::Storage::temporary().unwrap()),
+        None,
+    )
+    .unwrap();
+    let lang = exec_lang(&m);
+    let mut changes = vec![
+        sc("o", "big", ScriptCol::RowStatus(5)),
+        sc("o", "big", ScriptCol::Language(lang)),
+    ];
+    for i in 1..=3 {
+        changes.push(code("o", "big", i, CodeCol::RowStatus(4)));
+        changes.push(code("o", "big", i, CodeCol::Text(vec![b'#'; 1000])));
+    }
+    let e = m.set(&ADMIN, &changes).await.unwrap_err();
+    assert!(
+        matches!(&e.1, SetError::ResourceUnavailable(t) if t.contains("storage_quota")),
+        "{e:?}"
+    );
+    assert!(
+        m.script("o", "big").is_none() && m.code(None).is_empty(),
+        "nothing half-created"
+    );
+    // Two fragments fit; another owner has a quota of its own.
+    changes.truncate(6);
+    m.set(&ADMIN, &changes).await.unwrap();
+    let other: Vec<Change> = changes
+        .iter()
+        .map(|c| match c.clone() {
+            Change::Script { name, col, .. } => Change::Script {
+                owner: "p".into(),
+                name,
+                col,
+            },
+            Change::Code {
+                name, index, col, ..
+            } => Change::Code {
+                owner: "p".into(),
+                name,
+                index,
+                col,
+            },
+            c => c,
+        })
+        .collect();
+    m.set(&ADMIN, &other).await.unwrap();
+}

@@ -101,6 +101,9 @@ impl RunsView for HostRuns<'_> {
     fn run_states(&self, owner: &str, name: &str) -> Vec<RunState> {
         self.0.states_of(owner, name)
     }
+    fn code_quota(&self) -> u64 {
+        self.0.config().host.storage_quota
+    }
     fn may_run(&self, owner: &str) -> Result<(), String> {
         match self.0.config().owner(owner) {
             Some(_) => Ok(()),

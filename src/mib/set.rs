@@ -84,6 +84,11 @@ pub trait RunsView {
     fn run_states(&self, owner: &str, name: &str) -> Vec<RunState>;
     /// Whether scripts can run for this launch owner (it has an OS profile mapping).
     fn may_run(&self, owner: &str) -> Result<(), String>;
+    /// Octets of smCodeText one owner may hold in all (0: no limit); `[host]
+    /// storage_quota`, like the scripts it becomes.
+    fn code_quota(&self) -> u64 {
+        0
+    }
 }
 
 /// What a committed request asks of the host, in request order.
@@ -473,6 +478,38 @@ pub fn stage(
             },
         )?;
         st.code.insert(key.clone(), row);
+    }
+    // smCodeTable is script storage too: an owner's fragments count against its quota.
+    let quota = runs.code_quota();
+    if quota > 0 {
+        let owners: std::collections::BTreeSet<&String> = code.keys().map(|k| &k.0).collect();
+        for owner in owners {
+            let kept: u64 = state
+                .code
+                .iter()
+                .filter(|(k, _)| &k.0 == owner && !st.code.contains_key(*k))
+                .map(|(_, c)| c.text.len() as u64)
+                .sum();
+            let staged: u64 = st
+                .code
+                .iter()
+                .filter(|(k, _)| &k.0 == owner)
+                .filter_map(|(_, c)| c.as_ref().map(|c| c.text.len() as u64))
+                .sum();
+            if kept + staged > quota {
+                let first = code
+                    .iter()
+                    .find(|(k, _)| &k.0 == owner)
+                    .map_or(0, |(_, cols)| cols[0].0);
+                return Err((
+                    first,
+                    SetError::ResourceUnavailable(format!(
+                        "owner {owner:?} would hold {} octets of smCodeText; the quota is {quota} ([host] storage_quota)",
+                        kept + staged
+                    )),
+                ));
+            }
+        }
     }
 
     for (key, cols) in &launches {
