@@ -1764,6 +1764,7 @@ async fn cli_script_and_launch_verbs_answer_as_the_mib_does() {
             "oper_status",
             "row_expire_time",
             "running",
+            "implicit",
         ])
     );
     let bare = rows.iter().find(|r| r["name"] == "bare").unwrap();
