@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // A config error may be several problems, one per line.
             for line in format!("{e:#}").lines() {
-                eprintln!("smx: {line}");
+                eprintln!("smx: {}", cli::terminal_text(line));
             }
             ExitCode::from(cli::EXIT_SMX_ERROR)
         }

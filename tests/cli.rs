@@ -595,3 +595,36 @@ fn packaged_config_is_valid() {
     let o = smx_env(&["config", "check", &f], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
 }
+
+/// Found by a hostile review (issue "isolation": no terminal injection): results and
+/// errors are a script's text, and an ESC in them must not reach the terminal raw. The
+/// progress lines on stderr are escaped; stdout that is not a terminal, and `--json`,
+/// stay exact.
+#[test]
+fn control_characters_from_a_script_never_reach_the_terminal_raw() {
+    let d = tempfile::tempdir().unwrap();
+    let s = script(
+        &d,
+        "esc.sh",
+        "#!/bin/sh\nprintf 'result \\033]0;owned\\007\\033[2J\\n' >&3\nprintf 'error \\233x\\r\\n' >&3\nprintf 'out\\033[1m'\n",
+    );
+    let o = smx(&["run", &s]);
+    let err = text(&o.stderr);
+    assert!(
+        !err.contains('\x1b') && !err.contains('\x07') && !err.contains('\r'),
+        "{err:?}"
+    );
+    assert!(
+        err.contains("smx: result: \\x1b]0;owned\\x07\\x1b[2J"),
+        "{err:?}"
+    );
+    // A lone 0x9B octet (C1 CSI in Latin-1) is not UTF-8: shown as U+FFFD, never raw.
+    assert!(err.contains("smx: error: \u{fffd}x"), "{err:?}");
+    assert_eq!(
+        o.stdout, b"out\x1b[1m\n",
+        "stdout to a pipe is the exact result"
+    );
+    let j = smx(&["run", "--json", &s]);
+    let v: serde_json::Value = serde_json::from_slice(&j.stdout).unwrap();
+    assert_eq!(v["result"], "out\u{1b}[1m", "--json is exact");
+}

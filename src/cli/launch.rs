@@ -199,12 +199,14 @@ fn interval(t: TimeInterval) -> String {
 async fn list(sock: SocketArg, owner: Option<String>, json: bool) -> Result<ExitCode> {
     let mut c = sock.connect().await?;
     let rows: Vec<LaunchView> = c.launches(owner.as_deref()).await?;
-    let mut out = std::io::stdout().lock();
     if json {
+        // Exact: serde_json escapes what JSON requires, and nothing is changed after.
+        let mut out = std::io::stdout().lock();
         serde_json::to_writer(&mut out, &rows)?;
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let mut out = super::safe::Escape::new(std::io::stdout().lock());
     writeln!(
         out,
         "{:<10} {:<16} {:<26} {:<9} {:<8} {:>7} {:>5} {:>7} {:<11} {:>6}  ERROR",

@@ -5,6 +5,12 @@ mod conform;
 mod launch;
 mod remote;
 mod run;
+mod safe;
+
+/// An error or message for the terminal, its control characters escaped.
+pub fn terminal_text(s: &str) -> String {
+    safe::text(s)
+}
 mod script;
 
 use std::path::PathBuf;

@@ -84,6 +84,7 @@ pub async fn ps(sock: SocketArg, owner: Option<String>, json: bool) -> Result<Ex
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let mut out = super::safe::Escape::new(out);
     // (OWNER, LAUNCH, INDEX) is the smRunTable index; RUNID the host's SMX RunId.
     writeln!(
         out,
@@ -125,6 +126,7 @@ fn print_row(r: &RunInfo, json: bool) -> Result<()> {
         writeln!(out)?;
         return Ok(());
     }
+    let mut out = super::safe::Escape::new(out);
     let time = |t: Option<SystemTime>| {
         t.map(|t| humantime::format_rfc3339_millis(t).to_string())
             .unwrap_or_else(|| "-".into())
@@ -281,7 +283,7 @@ pub async fn events(
                 writeln!(out)?;
             }
             Notice::Event(e) => writeln!(
-                out,
+                super::safe::Escape::new(&mut out),
                 "{} run {} {}/{}: {}",
                 humantime::format_rfc3339_millis(e.time),
                 e.run_id,

@@ -279,7 +279,7 @@ pub fn show_progress(kind: &EventKind) {
         ),
         _ => return,
     };
-    let mut err = std::io::stderr().lock();
+    let mut err = super::safe::Escape::new(std::io::stderr().lock());
     for line in progress_lines(label, &value) {
         let _ = writeln!(err, "{line}");
     }
@@ -299,8 +299,14 @@ pub fn print_outcome(info: &RunInfo, json: bool) -> std::io::Result<()> {
         serde_json::to_writer(&mut out, info)?;
         writeln!(out)?;
     } else {
+        // The result goes out as the script produced it, except onto a terminal.
+        use std::io::IsTerminal;
         let r = info.result.as_bytes();
-        out.write_all(r)?;
+        if out.is_terminal() {
+            super::safe::Escape::new(&mut out).write_all(r)?;
+        } else {
+            out.write_all(r)?;
+        }
         if !r.is_empty() && !r.ends_with(b"\n") {
             writeln!(out)?;
         }
@@ -311,8 +317,10 @@ pub fn print_outcome(info: &RunInfo, json: bool) -> std::io::Result<()> {
                 format!(": {}", info.error)
             };
             eprintln!(
-                "smx: run {} ended with {}{err}",
-                info.run_id, info.exit_code
+                "smx: run {} ended with {}{}",
+                info.run_id,
+                info.exit_code,
+                super::safe::text(&err)
             );
         }
     }

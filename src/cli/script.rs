@@ -207,12 +207,14 @@ async fn install(args: InstallArgs) -> Result<ExitCode> {
 async fn list(sock: SocketArg, owner: Option<String>, json: bool) -> Result<ExitCode> {
     let mut c = sock.connect().await?;
     let rows: Vec<ScriptRow> = c.scripts(owner.as_deref()).await?;
-    let mut out = std::io::stdout().lock();
     if json {
+        // Exact: serde_json escapes what JSON requires, and nothing is changed after.
+        let mut out = std::io::stdout().lock();
         serde_json::to_writer(&mut out, &rows)?;
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let mut out = super::safe::Escape::new(std::io::stdout().lock());
     let names = language_names(&mut c).await?;
     writeln!(
         out,
