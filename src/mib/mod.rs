@@ -1226,10 +1226,24 @@ impl Mib {
             name: name.into(),
             col,
         };
-        for c in [
-            s(ScriptCol::AdminStatus(ScriptAdmin::Disabled.number())),
-            s(ScriptCol::RowStatus(RowStatus::Destroy.number())),
-        ] {
+        self.set_each(
+            who,
+            [
+                s(ScriptCol::AdminStatus(ScriptAdmin::Disabled.number())),
+                s(ScriptCol::RowStatus(RowStatus::Destroy.number())),
+            ],
+        )
+        .await
+    }
+
+    /// Sets each change in a request of its own, in order (disable, then destroy: RFC 3165
+    /// 7.4), stopping at the first refusal.
+    async fn set_each(
+        &self,
+        who: &Principal,
+        changes: impl IntoIterator<Item = Change>,
+    ) -> Result<(), MibError> {
+        for c in changes {
             let one = [c];
             self.set(who, &one)
                 .await
@@ -1350,16 +1364,14 @@ impl Mib {
             name: name.into(),
             col,
         };
-        for c in [
-            l(LaunchCol::AdminStatus(LaunchAdmin::Disabled.number())),
-            l(LaunchCol::RowStatus(RowStatus::Destroy.number())),
-        ] {
-            let one = [c];
-            self.set(who, &one)
-                .await
-                .map_err(|e| MibError::at(&one, e))?;
-        }
-        Ok(())
+        self.set_each(
+            who,
+            [
+                l(LaunchCol::AdminStatus(LaunchAdmin::Disabled.number())),
+                l(LaunchCol::RowStatus(RowStatus::Destroy.number())),
+            ],
+        )
+        .await
     }
 
     /// The implicit launch button of the control API's `launch` op and `smx run --daemon`,
