@@ -52,6 +52,26 @@ pub struct State {
     pub(crate) lang_index: BTreeMap<String, u32>,
 }
 
+impl State {
+    /// The smCodeTable rows of one script, by smCodeIndex.
+    fn code_of<'a>(&'a self, owner: &str, name: &str) -> impl Iterator<Item = &'a CodeRow> {
+        self.code
+            .range(
+                (owner.to_owned(), name.to_owned(), 0)
+                    ..=(owner.to_owned(), name.to_owned(), u32::MAX),
+            )
+            .map(|(_, c)| c)
+    }
+
+    /// The runtime of an smLangIndex.
+    fn runtime_of(&self, language: u32) -> Option<String> {
+        self.lang_index
+            .iter()
+            .find(|(_, i)| **i == language)
+            .map(|(n, _)| n.clone())
+    }
+}
+
 /// An smLaunchTable row with the columns answered from the run table and the clock.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LaunchView {
@@ -243,11 +263,10 @@ impl Mib {
     /// smCodeTable rows of one script (all scripts for `None`), in index order.
     pub fn code(&self, script: Option<(&str, &str)>) -> Vec<CodeRow> {
         let s = self.inner.state.lock().expect("mib lock");
-        s.code
-            .values()
-            .filter(|c| script.is_none_or(|(o, n)| c.owner == o && c.name == n))
-            .cloned()
-            .collect()
+        match script {
+            Some((o, n)) => s.code_of(o, n).cloned().collect(),
+            None => s.code.values().cloned().collect(),
+        }
     }
 
     /// smLaunchTable, in index order.
@@ -520,12 +539,7 @@ impl Mib {
                 .scripts
                 .get(&(script_owner.clone(), script_name.clone()))
                 .cloned();
-            let runtime = script.as_ref().and_then(|sc| {
-                s.lang_index
-                    .iter()
-                    .find(|(_, i)| **i == sc.language)
-                    .map(|(n, _)| n.clone())
-            });
+            let runtime = script.as_ref().and_then(|sc| s.runtime_of(sc.language));
             let stored = script.and_then(|sc| sc.stored);
             match (stored, runtime) {
                 (Some(path), Some(runtime)) => {
@@ -584,10 +598,7 @@ impl Mib {
         };
         let runtime = {
             let s = self.inner.state.lock().expect("mib lock");
-            s.lang_index
-                .iter()
-                .find(|(_, i)| **i == language)
-                .map(|(n, _)| n.clone())
+            s.runtime_of(language)
                 .filter(|n| self.inner.host.config().runtime(n).is_some())
         };
         if runtime.is_none() {
@@ -597,13 +608,9 @@ impl Mib {
         let content = if source.is_empty() {
             let code: Vec<u8> = {
                 let s = self.inner.state.lock().expect("mib lock");
-                s.code
-                    .range(
-                        (owner.to_owned(), name.to_owned(), 0)
-                            ..=(owner.to_owned(), name.to_owned(), u32::MAX),
-                    )
-                    .filter(|(_, c)| c.row_status == RowStatus::Active)
-                    .flat_map(|(_, c)| c.text.iter().copied())
+                s.code_of(owner, name)
+                    .filter(|c| c.row_status == RowStatus::Active)
+                    .flat_map(|c| c.text.iter().copied())
                     .collect()
             };
             match (code.is_empty(), stored, storage_type) {
@@ -703,14 +710,7 @@ impl Mib {
     fn edit(&self, owner: &str, name: &str) {
         let key = (owner.to_owned(), name.to_owned());
         let mut s = self.inner.state.lock().expect("mib lock");
-        let has_code = s
-            .code
-            .range(
-                (owner.to_owned(), name.to_owned(), 0)
-                    ..=(owner.to_owned(), name.to_owned(), u32::MAX),
-            )
-            .next()
-            .is_some();
+        let has_code = s.code_of(owner, name).next().is_some();
         let Some(rel) = s.scripts.get(&key).and_then(|r| r.stored.clone()) else {
             return;
         };
@@ -890,14 +890,7 @@ impl Mib {
             match t {
                 Touched::Script(k) => match s.scripts.get(k) {
                     Some(r) if r.storage_type == StorageType::NonVolatile => {
-                        let code: Vec<CodeRow> = s
-                            .code
-                            .range(
-                                (k.0.clone(), k.1.clone(), 0)
-                                    ..=(k.0.clone(), k.1.clone(), u32::MAX),
-                            )
-                            .map(|(_, c)| c.clone())
-                            .collect();
+                        let code: Vec<CodeRow> = s.code_of(&k.0, &k.1).cloned().collect();
                         store.put(store::Op::PutScript(Box::new(r.clone()), code));
                     }
                     _ => store.put(store::Op::DeleteScript(k.clone())),
