@@ -781,6 +781,15 @@ fn parse(raw: &[u8]) -> Result<Request, (Option<serde_json::Value>, ErrorBody)> 
         .map_err(|e| (id, fail(ErrorCode::BadRequest, e.to_string())))
 }
 
+/// Refuses (and logs) an op for an owner the peer may not act for.
+fn permit(peer: &Peer, op: &str, owner: &str) -> Result<(), ErrorBody> {
+    if peer.may_act_for(owner) {
+        Ok(())
+    } else {
+        Err(refuse(peer, op, owner))
+    }
+}
+
 fn refuse(peer: &Peer, op: &str, owner: &str) -> ErrorBody {
     tracing::warn!(user = %peer.user, uid = peer.uid, op, owner, "refused: not permitted to act for this owner");
     fail(
@@ -921,9 +930,7 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
             content,
             executable,
         } => {
-            if !peer.may_act_for(&owner) {
-                return Err(refuse(peer, name, &owner));
-            }
+            permit(peer, name, &owner)?;
             if script.is_empty() || script.len() > 255 {
                 return Err(fail(
                     ErrorCode::BadRequest,
@@ -949,9 +956,7 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
             ok(Installed { script: rel })
         }
         Op::Launch(p) => {
-            if !peer.may_act_for(&p.owner) {
-                return Err(refuse(peer, name, &p.owner));
-            }
+            permit(peer, name, &p.owner)?;
             // Only the owner's own scripts (admins may run any): the storage keeps each
             // owner's scripts in a directory of its own.
             let own = format!("{}/", crate::storage::component(&p.owner));
@@ -990,10 +995,8 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
         }
         Op::Extensions => ok(shared.mib.languages().1),
         Op::Scripts { owner } => {
-            if let Some(o) = &owner
-                && !peer.may_act_for(o)
-            {
-                return Err(refuse(peer, name, o));
+            if let Some(o) = &owner {
+                permit(peer, name, o)?;
             }
             let rows: Vec<crate::mib::ScriptRow> = shared
                 .mib
@@ -1009,9 +1012,7 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
             owner,
             name: script,
         } => {
-            if !peer.may_act_for(&owner) {
-                return Err(refuse(peer, name, &owner));
-            }
+            permit(peer, name, &owner)?;
             if shared.mib.script(&owner, &script).is_none() {
                 return Err(fail(
                     ErrorCode::NoSuchRow,
@@ -1021,9 +1022,7 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
             ok(shared.mib.code(Some((&owner, &script))))
         }
         Op::ScriptInstall(spec) => {
-            if !peer.may_act_for(&spec.owner) {
-                return Err(refuse(peer, name, &spec.owner));
-            }
+            permit(peer, name, &spec.owner)?;
             let (o, n) = (spec.owner.clone(), spec.name.clone());
             let row = shared
                 .mib
@@ -1037,9 +1036,7 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
             owner,
             name: script,
         } => {
-            if !peer.may_act_for(&owner) {
-                return Err(refuse(peer, name, &owner));
-            }
+            permit(peer, name, &owner)?;
             shared
                 .mib
                 .remove_script(&principal(peer), &owner, &script)
@@ -1048,10 +1045,8 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
             ok(serde_json::json!({"removed": true}))
         }
         Op::Launches { owner } => {
-            if let Some(o) = &owner
-                && !peer.may_act_for(o)
-            {
-                return Err(refuse(peer, name, o));
+            if let Some(o) = &owner {
+                permit(peer, name, o)?;
             }
             let rows: Vec<crate::mib::LaunchView> = shared
                 .mib
@@ -1065,9 +1060,7 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
             ok(rows)
         }
         Op::LaunchAdd(spec) => {
-            if !peer.may_act_for(&spec.owner) {
-                return Err(refuse(peer, name, &spec.owner));
-            }
+            permit(peer, name, &spec.owner)?;
             ok(shared
                 .mib
                 .add_launch(&principal(peer), spec)
@@ -1080,9 +1073,7 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
             index,
             argument,
         } => {
-            if !peer.may_act_for(&owner) {
-                return Err(refuse(peer, name, &owner));
-            }
+            permit(peer, name, &owner)?;
             ok(shared
                 .mib
                 .start_launch(&principal(peer), &owner, &launch, index, argument)
@@ -1093,9 +1084,7 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
             owner,
             name: launch,
         } => {
-            if !peer.may_act_for(&owner) {
-                return Err(refuse(peer, name, &owner));
-            }
+            permit(peer, name, &owner)?;
             shared
                 .mib
                 .remove_launch(&principal(peer), &owner, &launch)
@@ -1107,17 +1096,13 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
             owner,
             name: launch,
         } => {
-            if !peer.may_act_for(&owner) {
-                return Err(refuse(peer, name, &owner));
-            }
+            permit(peer, name, &owner)?;
             ok(serde_json::json!({"index": shared.mib.run_index_next(&owner, &launch)}))
         }
         Op::MibSet { changes } => {
             let mut list = Vec::with_capacity(changes.len());
             for (i, c) in changes.iter().enumerate() {
-                if !peer.may_act_for(&c.owner) {
-                    return Err(refuse(peer, name, &c.owner));
-                }
+                permit(peer, name, &c.owner)?;
                 list.push(c.to_change().map_err(|e| {
                     fail(
                         ErrorCode::BadRequest,
@@ -1133,10 +1118,8 @@ async fn handle(shared: &Shared, peer: &Peer, op: Op) -> Reply {
             }
         }
         Op::Runs { owner } => {
-            if let Some(o) = &owner
-                && !peer.may_act_for(o)
-            {
-                return Err(refuse(peer, name, o));
+            if let Some(o) = &owner {
+                permit(peer, name, o)?;
             }
             let rows: Vec<RunInfo> = host
                 .runs()
@@ -1266,10 +1249,8 @@ fn subscribe(
     run: Option<RunId>,
 ) -> Result<(CancellationToken, JoinHandle<()>), ErrorBody> {
     let peer = conn.peer.clone();
-    if let Some(o) = &owner
-        && !peer.may_act_for(o)
-    {
-        return Err(refuse(&peer, "subscribe", o));
+    if let Some(o) = &owner {
+        permit(&peer, "subscribe", o)?;
     }
     if let Some(r) = run {
         owned_run(&conn.shared, &peer, r, "subscribe")?;
