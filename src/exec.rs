@@ -659,6 +659,9 @@ async fn supervise(
     let push = |outbox: &mut VecDeque<Vec<u8>>, r: Reply| outbox.push_back(r.to_bytes());
     let mut abort_ids: Vec<Id> = Vec::new();
     let mut kill_at: Option<tokio::time::Instant> = None;
+    // Set while the run is suspended because the script stopped itself (not by a
+    // `suspend`): only then may a continue reported by the kernel make it executing again.
+    let mut self_stopped = false;
     let killpg = |sig| {
         let _ = nix::sys::signal::killpg(pgid, sig);
     };
@@ -698,6 +701,9 @@ async fn supervise(
                         killpg(nix::sys::signal::Signal::SIGSTOP);
                         if wait_stopped(pid, true).await {
                             set_state(&state, RunState::Suspended);
+                            // A stop or continue reported before this one is stale now.
+                            let _ = stops.take();
+                            self_stopped = false;
                             push(&mut outbox, Reply::StateChange { run, state: RunState::Suspended });
                             push(&mut outbox, Reply::Status { id, state: RunState::Suspended });
                         } else {
@@ -713,6 +719,8 @@ async fn supervise(
                         killpg(nix::sys::signal::Signal::SIGCONT);
                         if wait_stopped(pid, false).await {
                             set_state(&state, RunState::Executing);
+                            let _ = stops.take();
+                            self_stopped = false;
                             push(&mut outbox, Reply::StateChange { run, state: RunState::Executing });
                             push(&mut outbox, Reply::Status { id, state: RunState::Executing });
                         } else {
@@ -724,7 +732,14 @@ async fn supervise(
             },
             // The script stopped or continued on its own (see report_stops).
             _ = stops.notify.notified(), if matches!(current, RunState::Executing | RunState::Suspended) && outbox.len() < RUN_OUTBOX => {
-                if let Some(now) = stops.take().filter(|&now| now != current && still(pid, now)) {
+                let reported = stops.take().filter(|&now| {
+                    now != current
+                        && still(pid, now)
+                        // A `suspend` of ours is undone only by a `resume`.
+                        && (now == RunState::Suspended || self_stopped)
+                });
+                if let Some(now) = reported {
+                    self_stopped = now == RunState::Suspended;
                     set_state(&state, now);
                     push(&mut outbox, Reply::StateChange { run, state: now });
                 }
