@@ -378,6 +378,74 @@ async fn python_restricted_profile_violations_are_security_violations() {
     h.shutdown().await;
 }
 
+/// Issue 11 / RFC 3179 sections 3 and 9: a restricted script that writes forged `532`,
+/// `538` and `533` lines about its neighbour run to every fd below 1024 reaches no SMX
+/// channel (the runtime keeps it on high, close-on-exec fds and refuses every fd operation
+/// on them), and the neighbour, in the same runtime process, ends as it would have. Device
+/// files, FIFOs and set-ID modes are refused too.
+#[tokio::test]
+async fn python_restricted_scripts_cannot_forge_smx_nor_make_devices() {
+    let h = rt_host();
+    let victim = install(
+        &h,
+        "victim.py",
+        "import smx, time\nsmx.result('victim alive')\ntime.sleep(3)\nsmx.result('victim done')\n",
+        false,
+    );
+    let forge = install(
+        &h,
+        "forge.py",
+        "import os, smx\nrefused = []\nfor fd in range(1024):\n    for rid in range(max(1, smx.run_id - 3), smx.run_id + 4):\n        if rid == smx.run_id:\n            continue\n        line = b'532 0 %d 2 \"forged\"\\r\\n533 0 %d 2 \"forged\"\\r\\n538 0 %d 9\\r\\n' % (rid, rid, rid)\n        try:\n            os.write(fd, line)\n        except PermissionError:\n            refused.append(fd)\n        except OSError:\n            pass\nsmx.result(' '.join(sorted(set(map(str, refused)))))\n",
+        false,
+    );
+    let devices = [
+        ("mknod.py", "import os, smx\nos.mknod(smx.tmpdir + '/n')\n", "os.mknod("),
+        ("mkfifo.py", "import os, smx\nos.mkfifo(smx.tmpdir + '/f')\n", "os.mkfifo("),
+        (
+            "suid.py",
+            "import os, smx\np = smx.tmpdir + '/x'\nopen(p, 'w').close()\nos.chmod(p, 0o4755)\n",
+            "os.chmod to set-user/group-ID mode 4755",
+        ),
+    ];
+    let mut ev = h.subscribe();
+    let v = launch(&h, &victim, Some("restricted"), b"");
+    let alive = reach_result(&h, v, b"victim alive").await;
+    let f = run(&h, &forge, Some("restricted"), b"").await;
+    assert_eq!(f.runtime_pid, alive.runtime_pid, "one process: the same owner and profile");
+    assert_end(
+        &f,
+        ExitCode::SecurityViolation,
+        "security violation: profile restricted forbids os.write on the SMX channel (fd ",
+    );
+    let refused: Vec<u32> = String::from_utf8(f.result.as_bytes().to_vec())
+        .unwrap()
+        .split(' ')
+        .map(|fd| fd.parse().expect("an fd"))
+        .collect();
+    assert!(
+        refused.len() >= 2 && refused.iter().all(|&fd| fd > 200),
+        "both pipe ends refused, and high: {refused:?}"
+    );
+    let v = finish(&h, v, 30).await;
+    assert_end(&v, ExitCode::NoError, "");
+    assert_eq!(v.result.as_bytes(), b"victim done");
+    let forged: Vec<_> = results(&mut ev, v.run_id)
+        .into_iter()
+        .filter(|(r, _)| r.as_slice() == b"forged")
+        .collect();
+    assert!(forged.is_empty(), "forged results reached the host: {forged:?}");
+    for (name, body, text) in devices {
+        let script = install(&h, name, body, false);
+        let r = run(&h, &script, Some("restricted"), b"").await;
+        assert_end(
+            &r,
+            ExitCode::SecurityViolation,
+            &format!("security violation: profile restricted forbids {text}"),
+        );
+    }
+    h.shutdown().await;
+}
+
 /// Issue 4: a syntax error is languageError, an uncaught exception runtimeError with the
 /// exception, the script line and the traceback in smRunError (RFC 3179 6.1.7 items 6, 8:
 /// a 536 then the 538), `sys.exit(3)` runtimeError, smx.ArgumentError invalidArgument.
@@ -617,6 +685,31 @@ async fn tcl_safe_profile_violations_are_security_violations() {
     assert_end(&e, ExitCode::NoError, "");
     let load = String::from_utf8(e.result.into_bytes()).unwrap();
     assert_eq!(load.split(' ').count(), 5, "/proc/loadavg: {load:?}");
+    h.shutdown().await;
+}
+
+/// Issue 11 / RFC 3179 section 3: a safe interpreter has no fd access. It sees no channel
+/// but the ones the runtime shares (stdout and stderr, which are not SMX once SMX has moved
+/// off fds 0/1), cannot name another channel by its fd (`file0`...`file1023`), and cannot open
+/// `/proc/self/fd/N` (`open` is hidden).
+#[tokio::test]
+async fn tcl_safe_interpreter_has_no_fd_access() {
+    let h = rt_host();
+    let probe = install(
+        &h,
+        "fds.tcl",
+        "set reached {}\nfor {set i 0} {$i < 1024} {incr i} {\n    if {![catch {puts file$i {532 0 1 2 \"forged\"}}]} {\n        lappend reached file$i\n    }\n}\nsmx result \"[lsort [chan names]] | $reached\"\nopen /proc/self/fd/0\n",
+        false,
+    );
+    let r = run(&h, &probe, Some("safe"), b"").await;
+    assert_end(
+        &r,
+        ExitCode::SecurityViolation,
+        "invalid command name \"open\" (not allowed in profile safe)",
+    );
+    // `file2` is the shared stderr's own channel name (fd 2, which smx logs): the only fd a
+    // safe script can write, and not SMX.
+    assert_eq!(r.result.as_bytes(), b"stderr stdout | file2");
     h.shutdown().await;
 }
 

@@ -12,8 +12,10 @@ Standard library only, Python >= 3.11; works with `python3 -I -S`.
 
 import builtins
 import collections
+import fcntl
 import importlib.machinery
 import os
+import posix
 import re
 import shutil
 import stat
@@ -290,10 +292,12 @@ def _num(n):
 
 
 def _pipe_writer(fd):
+    write_fd = os.write     # the real one: script threads send through here (see _guard_os)
+
     def write(data):
         view = memoryview(data)
         while view:
-            n = os.write(fd, view)
+            n = write_fd(fd, view)
             view = view[n:]
     return write
 
@@ -919,6 +923,7 @@ def _start_tmp_watchdog():
         finally:
             os._exit(0)
     os.close(r)
+    w = _hide_fd(w)             # a restricted script may not close it (see _private_fds)
     _watchdog.extend((w, pid))  # w open until this process ends; not inherited by exec
     _tmp_parent = parent
 
@@ -1191,7 +1196,16 @@ def _resolve(run, path, dir_fd=None, follow=True):
 
 def _inside(run, path, dir_fd=None, follow=True, native_ok=True):
     if isinstance(path, int):
-        return path not in _smx_fds
+        # An fd (fchmod, ftruncate, ...): what it refers to must be inside too.
+        if path in _private_fds:
+            return False
+        try:
+            path = os.readlink("/proc/self/fd/%d" % path)
+        except OSError:
+            return False
+        if path.endswith(" (deleted)"):
+            path = path[:-len(" (deleted)")]
+        follow = False
     if run.tmproot is None:
         return False
     real = _resolve(run, path, dir_fd, follow)
@@ -1212,21 +1226,40 @@ def _arg(args, i, default=None):
     return args[i] if len(args) > i else default
 
 
+# Another process's (or this one's) fds by path: reading them could take what is meant for
+# the host or for the runtime.
+_FD_PATH = re.compile(r"/proc/(self|thread-self|\d+)/(task/\d+/)?fd/|/dev/fd/|/dev/std(in|out|err)$")
+
+
+def _lexical(path):
+    """The absolute, normalised form of a path without following links ("" if none)."""
+    try:
+        path = os.fsdecode(os.fspath(path))
+    except TypeError:
+        return ""
+    return os.path.normpath(os.path.join(os.getcwd(), path))
+
+
 def _path_rule(event, args, run):
     """None if a file-system event is allowed, else the offending path."""
     a = lambda i, d=None: _arg(args, i, d)
     if event == "open":
-        if not _writes(a(1), a(2)) or _inside(run, a(0), native_ok=False):
+        if _is_private(a(0)) or _FD_PATH.match(_lexical(a(0))):
+            return a(0)     # the SMX channel, by fd or through /proc/self/fd, /dev/fd: never
+        if isinstance(a(0), int) or not _writes(a(1), a(2)) \
+                or _inside(run, a(0), native_ok=False):
             return None
         return a(0)
     if event in ("os.remove", "os.rmdir"):
         return None if _inside(run, a(0), a(1), follow=False) else a(0)
     if event == "os.mkdir":
         return None if _inside(run, a(0), a(2), follow=False) else a(0)
-    if event in ("os.chmod", "os.utime"):
+    if event == "os.utime":
         return None if _inside(run, a(0), a(len(args) - 1)) else a(0)
     if event == "os.chown":
         return None if _inside(run, a(0), a(3)) else a(0)
+    if event == "os.chmod":
+        return None if _inside(run, a(0), a(2)) else a(0)
     if event in ("os.chflags", "os.lchflags", "os.truncate", "os.setxattr", "os.removexattr",
                  "shutil.chown", "shutil.rmtree"):
         return None if _inside(run, a(0)) else a(0)
@@ -1270,6 +1303,22 @@ _PATH_EVENTS = frozenset("""
 """.split())
 
 
+_SET_ID_BITS = stat.S_ISUID | stat.S_ISGID
+
+
+def _mode_rule(event, args):
+    """What is wrong with the mode of a chmod/mkdir, wherever it is (None if nothing): a
+    set-user-ID or set-group-ID file would let others act as the runtime's user."""
+    mode = _arg(args, 1)
+    if event in ("os.chmod", "os.mkdir") and isinstance(mode, int) and mode & _SET_ID_BITS:
+        return "%s to set-user/group-ID mode %o: %s" % (event, mode, _describe(event, args))
+    return None
+
+
+# Audit events whose first argument is an fd: never one of the runtime's own.
+_FD_EVENTS = frozenset("fcntl.fcntl fcntl.ioctl fcntl.flock fcntl.lockf os.lockf mmap.__new__".split())
+
+
 def _describe(event, args):
     text = "%s%r" % (event, tuple(args))
     return text if len(text) <= 160 else text[:157] + "..."
@@ -1303,9 +1352,15 @@ def _audit(event, args):
         if event in _BLOCKED_EVENTS or event.startswith(_BLOCKED_PREFIXES):
             what = _describe(event, args)
         elif event in _PATH_EVENTS:
-            bad = _path_rule(event, args, run)
+            what = _mode_rule(event, args)
+            bad = None if what else _path_rule(event, args, run)
             if bad is not None:
-                what = "%s outside smx.tmpdir: %s" % (event, _describe(event, args))
+                if _is_private(bad):
+                    what = "%s of the SMX channel: %s" % (event, _describe(event, args))
+                else:
+                    what = "%s outside smx.tmpdir: %s" % (event, _describe(event, args))
+        elif event in _FD_EVENTS and args and _is_private(args[0]):
+            what = "%s on the SMX channel: %s" % (event, _describe(event, args))
         elif event == "import" and args and args[0] in _BLOCKED_IMPORTS:
             what = "import of %s" % args[0]
         if what is not None:
@@ -1314,7 +1369,134 @@ def _audit(event, args):
         _tls.in_audit = False
 
 
-_smx_fds = set()
+# The runtime's own fds: the SMX channel (and the tmp watchdog's pipe). They sit at high
+# numbers, close-on-exec (_hide_fd); a restricted script may not use them by number (the
+# wrappers of _guard_os and the `open` rule), nor open what they refer to by a path such as
+# /proc/self/fd/N or /dev/fd/N (_private_files: their (st_dev, st_ino)).
+_private_fds = set()
+_private_files = set()
+
+
+def _hide_fd(fd):
+    """Moves fd above the numbers a script is likely to get (close-on-exec) and records it as
+    private; returns the new fd."""
+    try:
+        soft = os.sysconf("SC_OPEN_MAX")
+    except (ValueError, OSError):
+        soft = 1024
+    low = max(3, (soft if 0 < soft < 1024 else 1024) - 16)
+    try:
+        new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, low)
+    except OSError:
+        new = fd    # no room up there: it stays where it is (dup'ed fds are close-on-exec)
+    else:
+        os.close(fd)
+    _private_fds.add(new)
+    try:
+        st = os.fstat(new)
+        _private_files.add((st.st_dev, st.st_ino))
+    except OSError:
+        pass
+    return new
+
+
+def _is_private(path):
+    """True if `path` (an fd or a path, followed) is one of the runtime's own fds."""
+    if isinstance(path, bool):
+        return False
+    if isinstance(path, int):
+        return path in _private_fds
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) in _private_files
+
+
+# os functions that take fds but raise no audit event: (name, positions of fd arguments).
+_FD_FUNCTIONS = (
+    ("write", (0,)), ("writev", (0,)), ("pwrite", (0,)), ("pwritev", (0,)),
+    ("read", (0,)), ("readv", (0,)), ("pread", (0,)), ("preadv", (0,)),
+    ("sendfile", (0, 1)), ("splice", (0, 1)), ("copy_file_range", (0, 1)),
+    ("dup", (0,)), ("dup2", (0, 1)), ("close", (0,)), ("set_inheritable", (0,)),
+    ("set_blocking", (0,)), ("fsync", (0,)), ("fdatasync", (0,)), ("lseek", (0,)),
+    ("login_tty", (0,)), ("tcsetpgrp", (0,)), ("posix_fallocate", (0,)),
+    ("posix_fadvise", (0,)),
+)
+# os functions refused outright under restricted (no audit event either): device files and
+# FIFOs, and ending the whole process (every run of the owner with it).
+_REFUSED_FUNCTIONS = ("mknod", "mkfifo", "_exit", "abort")
+_REFUSED_FAULTHANDLER = ("enable", "dump_traceback", "dump_traceback_later", "register")
+
+
+def _guard_fd_function(name, real, positions):
+    def guarded(*args, **kwargs):
+        run = getattr(_tls, "policy", None)
+        if run is not None:
+            for i in positions:
+                fd = args[i] if len(args) > i else None
+                if isinstance(fd, int) and fd in _private_fds:
+                    _violation(run, "os.%s on the SMX channel (fd %d)" % (name, fd))
+        return real(*args, **kwargs)
+    guarded.__name__ = guarded.__qualname__ = name
+    guarded.__doc__ = real.__doc__
+    return guarded
+
+
+def _guard_refused(what, real):
+    def guarded(*args, **kwargs):
+        run = getattr(_tls, "policy", None)
+        if run is not None:
+            _violation(run, _describe(what, args))
+        return real(*args, **kwargs)
+    guarded.__name__ = guarded.__qualname__ = what.rpartition(".")[2]
+    guarded.__doc__ = real.__doc__
+    return guarded
+
+
+def _guard_os_open(real):
+    def open(path, flags, mode=0o777, *args, **kwargs):
+        run = getattr(_tls, "policy", None)
+        if run is not None and flags & os.O_CREAT and mode & _SET_ID_BITS:
+            _violation(run, "os.open with set-user/group-ID mode %o: %r" % (mode, path))
+        return real(path, flags, mode, *args, **kwargs)
+    open.__doc__ = real.__doc__
+    return open
+
+
+def _closerange(real):
+    def closerange(fd_low, fd_high):
+        run = getattr(_tls, "policy", None)
+        if run is not None and any(fd_low <= fd < fd_high for fd in _private_fds):
+            _violation(run, "os.closerange(%d, %d) over the SMX channel" % (fd_low, fd_high))
+        return real(fd_low, fd_high)
+    closerange.__doc__ = real.__doc__
+    return closerange
+
+
+def _guard_os():
+    """Wraps the os (= posix) functions CPython raises no audit event for, so that the
+    restricted profile covers them: fd operations on the runtime's private fds, mknod and
+    mkfifo, set-ID modes of os.open, os._exit, faulthandler's writers. Inert outside
+    restricted script threads."""
+    wrapped = {}
+    for name, positions in _FD_FUNCTIONS:
+        real = getattr(posix, name, None)
+        if real is not None:
+            wrapped[name] = _guard_fd_function(name, real, positions)
+    for name in _REFUSED_FUNCTIONS:
+        real = getattr(posix, name, None)
+        if real is not None:
+            wrapped[name] = _guard_refused("os." + name, real)
+    wrapped["open"] = _guard_os_open(posix.open)
+    wrapped["closerange"] = _closerange(posix.closerange)
+    for name, fn in wrapped.items():
+        setattr(posix, name, fn)
+        setattr(os, name, fn)
+    import faulthandler
+    for name in _REFUSED_FAULTHANDLER:
+        setattr(faulthandler, name, _guard_refused("faulthandler." + name,
+                                                   getattr(faulthandler, name)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1322,6 +1504,7 @@ _smx_fds = set()
 
 def _patch_modules():
     time.sleep = sleep
+    _guard_os()
 
     orig_start = _thread.start_new_thread
 
@@ -1545,7 +1728,7 @@ def _shutdown():
 def _protect_std_fds():
     """Keeps SMX safe from script output: returns private (in_fd, out_fd) copies of the
     original stdin/stdout, points fd 0 at /dev/null and fd 1 at stderr."""
-    in_fd, out_fd = os.dup(0), os.dup(1)        # dup() makes them non-inheritable
+    in_fd, out_fd = _hide_fd(os.dup(0)), _hide_fd(os.dup(1))   # high, close-on-exec
     try:
         null = os.open(os.devnull, os.O_RDONLY)
     except OSError:
@@ -1612,11 +1795,13 @@ def main():
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         os.close(in_fd)
         os.close(out_fd)
-        _smx_fds.add(sock.fileno())
+        _private_fds.difference_update((in_fd, out_fd))
+        moved = socket.socket(fileno=_hide_fd(os.dup(sock.fileno())))
+        sock.close()
+        sock = moved
         _chan = Channel(sock.sendall)
         read = sock.recv
     elif transport == "pipe":
-        _smx_fds.update((in_fd, out_fd))
         _chan = Channel(_pipe_writer(out_fd))
         read = lambda n: os.read(in_fd, n)
     else:

@@ -8,11 +8,14 @@ Standard library only; run from the repository root with
 
 The runtime is imported, not started: replies go to an in-memory channel, scripts run in
 threads of this process (trusted profile only: the restricted profile installs a
-process-wide audit hook, which tests/runtimes.rs covers against the real process).
+process-wide audit hook). The restricted profile is tested against the real runtime process,
+over its real pipes (RestrictedProcess; tests/runtimes.rs does the same through the host).
 """
 
 import os
 import re
+import select
+import subprocess
 import sys
 import tempfile
 import threading
@@ -243,6 +246,142 @@ class RunStateMachine(unittest.TestCase):
         rt._dispatch(b'start 2 12 "%s/missing" trusted ""\r\n' % self.dir.name.encode())
         rt._dispatch(b'start 3 12 "%s" trusted ""\r\n' % self.dir.name.encode())
         self.assertEqual(cap.take(), ["432 1", "421 2", "421 3"])
+
+
+RUNTIME = os.path.join(HERE, "smx_runtime.py")
+
+
+def run_in_process(source, profile="restricted", timeout=20.0):
+    """Runs `source` as one script in a fresh runtime process (python3 -I -S smx_runtime.py,
+    SMX over its stdin/stdout pipes); returns every SMX line it wrote up to the 538."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "script.py")
+        with open(path, "w") as f:
+            f.write(source)
+        proc = subprocess.Popen([sys.executable, "-I", "-S", RUNTIME], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            proc.stdin.write(b'hello 1\r\nstart 2 1 "%s" %s ""\r\n'
+                             % (path.encode(), profile.encode()))
+            proc.stdin.flush()
+            data, deadline = b"", time.monotonic() + timeout
+            while not re.search(rb"(^|\n)538 0 1 \d\r\n", data):
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+                    raise AssertionError("no 538 within %.0f s; got %r" % (timeout, data))
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    raise AssertionError("the runtime closed its stdout; got %r" % data)
+                data += chunk
+            return [l.decode("latin-1") for l in data.split(b"\r\n")[:-1]]
+        finally:
+            proc.stdin.close()
+            proc.wait(10)
+            proc.stdout.close()
+
+
+# A script that tries `op(fd)` on every fd below 1024 and reports, as its result, the fds on
+# which the restricted profile refused it (other errors, EBADF mostly, are not refusals).
+_EVERY_FD = """import os, smx
+refused = []
+for fd in range(1024):
+    try:
+        OP
+    except PermissionError:
+        refused.append(fd)
+    except (OSError, ValueError):
+        pass
+smx.result(" ".join(map(str, refused)))
+"""
+
+
+class RestrictedProcess(unittest.TestCase):
+    """Issue 11 / RFC 3179 section 3 (runtime security profiles): what the `restricted`
+    profile refuses, in a real runtime process. Every refusal ends the run with
+    securityViolation (538 ... 8) and a 536 that names what was refused."""
+
+    def assert_refused(self, source, text):
+        lines = run_in_process(source)
+        self.assertEqual(lines[-1], "538 0 1 8", lines)
+        errors = [l for l in lines if l.startswith("536 0 1 ")]
+        self.assertTrue(errors and text in errors[0], "%r not in %r" % (text, errors))
+        return lines
+
+    def test_device_files_fifos_and_set_id_modes_are_refused(self):
+        rows = [
+            ("mknod", "import os, smx\nos.mknod(smx.tmpdir + '/n')\n", "os.mknod("),
+            ("mknod chr", "import os, smx, stat\n"
+             "os.mknod(smx.tmpdir + '/c', stat.S_IFCHR | 0o600, os.makedev(1, 3))\n",
+             "os.mknod("),
+            ("mkfifo", "import os, smx\nos.mkfifo(smx.tmpdir + '/f')\n", "os.mkfifo("),
+            ("chmod setuid", "import os, smx\np = smx.tmpdir + '/x'\nopen(p, 'w').close()\n"
+             "os.chmod(p, 0o4755)\n", "os.chmod to set-user/group-ID mode 4755"),
+            ("fchmod setgid", "import os, smx\np = smx.tmpdir + '/x'\nopen(p, 'w').close()\n"
+             "os.fchmod(os.open(p, os.O_RDONLY), 0o2755)\n",
+             "os.chmod to set-user/group-ID mode 2755"),
+            ("os.open setuid", "import os, smx\n"
+             "os.open(smx.tmpdir + '/y', os.O_CREAT | os.O_WRONLY, 0o4700)\n",
+             "os.open with set-user/group-ID mode 4700"),
+            ("mkdir setgid", "import os, smx\nos.mkdir(smx.tmpdir + '/d', 0o2700)\n",
+             "os.mkdir to set-user/group-ID mode 2700"),
+            ("hard link in from outside", "import os, smx\n"
+             "os.link('/etc/passwd', smx.tmpdir + '/p')\n", "os.link outside smx.tmpdir"),
+            ("hard link out", "import os, smx\np = smx.tmpdir + '/x'\nopen(p, 'w').close()\n"
+             "os.link(p, '/tmp/smx-test-link-out')\n", "os.link outside smx.tmpdir"),
+        ]
+        for name, source, text in rows:
+            with self.subTest(name):
+                self.assert_refused(source, text)
+        self.assertFalse(os.path.exists("/tmp/smx-test-link-out"))
+
+    def test_the_same_calls_are_fine_under_trusted(self):
+        lines = run_in_process("import os, smx, tempfile\nd = tempfile.mkdtemp()\n"
+                               "os.mkfifo(d + '/f')\nos.chmod(d + '/f', 0o600)\n"
+                               "smx.result('ok')\n", profile="trusted")
+        self.assertEqual(lines[-3:], ['532 0 1 2 "ok"', "531 0 1 7", "538 0 1 1"])
+
+    def test_forged_smx_lines_never_reach_the_channel(self):
+        """os.write of a forged 532/538/533 to every fd: refused on the channel's fds, which
+        sit high (not 0-2, where a script's writes end up in the log); the channel keeps
+        working and carries nothing forged."""
+        forge = "os.write(fd, b'532 0 1 2 \"forged\"\\r\\n538 0 1 1\\r\\n533 0 1 2 \"x\"\\r\\n')"
+        lines = self.assert_refused(_EVERY_FD.replace("OP", forge),
+                                    "os.write on the SMX channel (fd ")
+        self.assertFalse([l for l in lines if "forged" in l or l.startswith("533")], lines)
+        result = [l for l in lines if l.startswith("532 0 1 2 ")]
+        refused = [int(fd) for fd in result[-1].split('"')[1].split()]
+        self.assertGreaterEqual(len(refused), 2, "both pipe ends: %r" % lines)
+        self.assertTrue(all(fd > 200 for fd in refused), "moved to high fds: %r" % refused)
+
+    def test_every_way_to_reach_the_channel_fds_is_refused(self):
+        rows = [
+            ("dup", "os.dup(fd)", "os.dup on the SMX channel"),
+            ("dup2 from", "os.dup2(fd, 100)", "os.dup2 on the SMX channel"),
+            ("dup2 over", "os.dup2(2, fd)", "os.dup2 on the SMX channel"),
+            ("close", "os.close(fd)", "os.close on the SMX channel"),
+            ("read", "os.read(fd, 1)", "os.read on the SMX channel"),
+            ("set_inheritable", "os.set_inheritable(fd, True)",
+             "os.set_inheritable on the SMX channel"),
+            ("set_blocking", "os.set_blocking(fd, False)", "os.set_blocking on the SMX channel"),
+            ("fdopen", "os.fdopen(fd, 'wb', closefd=False)", "open of the SMX channel"),
+            ("open(fd)", "open(fd, 'rb', closefd=False)", "open of the SMX channel"),
+            ("/proc/self/fd", "open('/proc/self/fd/%d' % fd, 'rb')", "forbids open"),
+            ("/dev/fd", "open('/dev/fd/%d' % fd, 'rb')", "forbids open"),
+            ("fcntl", "__import__('fcntl').fcntl(fd, 2, 0)", "fcntl.fcntl on the SMX channel"),
+            ("closerange", "os.closerange(fd, fd + 1)", "over the SMX channel"),
+        ]
+        for name, op, text in rows:
+            with self.subTest(name):
+                self.assert_refused(_EVERY_FD.replace("OP", op), text)
+
+    def test_faulthandler_and_exit_are_refused(self):
+        for name, source, text in [
+            ("faulthandler", "import faulthandler\nfaulthandler.dump_traceback(2)\n",
+             "faulthandler.dump_traceback("),
+            ("os._exit", "import os\nos._exit(3)\n", "os._exit("),
+        ]:
+            with self.subTest(name):
+                self.assert_refused(source, text)
 
 
 if __name__ == "__main__":
