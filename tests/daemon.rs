@@ -1753,6 +1753,30 @@ async fn peer_credentials_decide_who_may_do_what() {
     assert!(r["lifetime"].as_u64().unwrap() > 300_000, "{r}");
     assert!(!sb.path.join("storage/root/evil.sh").exists());
 
+    // The answer about root's run is the one about a run that does not exist, word for
+    // word but the id: a user cannot tell the RunIds of other owners from free ones.
+    let missing = rr + 1_000_000;
+    let about = |id: u64| -> Vec<Value> {
+        vec![
+            json!({"op": "run", "run_id": id}),
+            json!({"op": "suspend", "run_id": id}),
+            json!({"op": "resume", "run_id": id}),
+            json!({"op": "abort", "run_id": id}),
+            json!({"op": "refresh", "run_id": id}),
+            json!({"op": "set", "run_id": id, "lifetime": 0}),
+            json!({"op": "wait", "run_id": id}),
+            json!({"op": "subscribe", "run_id": id}),
+        ]
+    };
+    let steps: Vec<Value> = about(rr).into_iter().chain(about(missing)).collect();
+    let (resp, _) = as_user(&sb, &ctl, &sock, &steps, None);
+    let (theirs, none) = resp.split_at(steps.len() / 2);
+    for (i, (t, n)) in theirs.iter().zip(none).enumerate() {
+        refused(t, &steps[i].to_string());
+        let strip = |r: &Value, id: u64| r["error"].to_string().replace(&id.to_string(), "ID");
+        assert_eq!(strip(t, rr), strip(n, missing), "{}: {t} vs {n}", steps[i]);
+    }
+
     // smxt-ctl, through the command line.
     let o = cli_as(&sb, &ctl, &["ps", "--json"], &sock);
     let rows: Vec<Value> = serde_json::from_str(ok_out(&o)).unwrap();

@@ -617,3 +617,137 @@ async fn unprivileged_host_runs_owners_mapped_to_itself() {
         "{err}"
     );
 }
+
+/// Issue 11 / RFC 3179 sections 3 and 9: owners mapped to different OS users get runtime
+/// processes of their own, so whatever a script writes reaches no other owner's run. Owner
+/// `pyb`'s restricted script and owner `pyc`'s trusted one (which nothing stops from writing
+/// to its own SMX pipe) write forged `532`/`533`/`538` lines about every nearby RunId to
+/// every fd 0-1023 and to every `/proc/<ppid>/fd/*`; owner `pya`'s restricted run, in a
+/// runtime process of its own, ends exactly as it would have.
+#[tokio::test]
+#[ignore = "needs root"]
+async fn forged_smx_from_another_owner_changes_no_other_run() {
+    need_root!();
+    let sb = sandbox();
+    let runtime = sb.dir.path().join("smx_runtime.py");
+    std::fs::copy(repo().join("runtimes/python/smx_runtime.py"), &runtime).unwrap();
+    assert!(
+        Path::new("/usr/bin/python3").exists(),
+        "this test needs /usr/bin/python3 >= 3.11 (apt install python3): the dropped users \
+         cannot reach a python3 under /root"
+    );
+    let extra = format!(
+        "[[runtime]]\nname = \"python\"\ncommand = [\"/usr/bin/python3\", {runtime:?}]\n\
+         extensions = [\"py\"]\nprofiles = [\"trusted\", \"restricted\"]\n\
+         [[owner]]\nname = \"pya\"\nos_profile = \"ops\"\nruntime_profile = \"restricted\"\n\
+         [[owner]]\nname = \"pyb\"\nos_profile = \"noc\"\nruntime_profile = \"restricted\"\n\
+         [[owner]]\nname = \"pyc\"\nos_profile = \"noc\"\nruntime_profile = \"trusted\"\n",
+        runtime = runtime.display().to_string()
+    );
+    let mut c = profiles_config(&sb.smx, &extra);
+    c.host.hello_timeout = std::time::Duration::from_secs(15);
+    let h = Host::new(c, Storage::temporary().unwrap());
+    let victim = install(
+        &h,
+        "victim.py",
+        "import smx, time\nsmx.result('victim alive')\ntime.sleep(4)\nsmx.result('victim done')\n",
+        false,
+    );
+    let forge = install(
+        &h,
+        "forge.py",
+        r#"import os, smx
+wrote, refused = set(), set()
+lines = b"".join(b'532 0 %d 2 "forged"\r\n533 0 %d 2 "forged"\r\n538 0 %d 9\r\n' % (r, r, r)
+                 for r in range(max(1, smx.run_id - 4), smx.run_id + 4) if r != smx.run_id)
+def attempt(where, write):
+    try:
+        write()
+        wrote.add(where)
+    except PermissionError:
+        refused.add(where)
+    except (OSError, ValueError):
+        pass
+for fd in range(1024):
+    attempt(fd, lambda: os.write(fd, lines))
+proc = "/proc/%d/fd" % os.getppid()
+try:
+    names = os.listdir(proc)
+except OSError:
+    names = []
+for name in names:
+    def write(path=os.path.join(proc, name)):
+        with open(path, "wb") as f:
+            f.write(lines)
+    attempt(proc + "/" + name, write)
+smx.result("wrote %s refused %s" % (sorted(map(str, wrote)), len(refused)))
+"#,
+        false,
+    );
+    let mut ev = h.subscribe();
+    let a = launch_as(&h, "pya", &victim);
+    let alive = eventually(20, "the victim to report", || {
+        h.run(a).unwrap().result.as_bytes() == b"victim alive"
+    });
+    alive.await;
+    let b = launch_as(&h, "pyb", &forge);
+    let c = launch_as(&h, "pyc", &forge);
+    let rb = finish(&h, b, 30).await;
+    let rc = finish(&h, c, 30).await;
+    let ra = finish(&h, a, 30).await;
+    let pids: BTreeSet<_> = [ra.runtime_pid, rb.runtime_pid, rc.runtime_pid]
+        .into_iter()
+        .map(Option::unwrap)
+        .collect();
+    assert_eq!(
+        pids.len(),
+        3,
+        "three owners, three runtime processes: {pids:?}"
+    );
+    assert_eq!(
+        (
+            ra.state,
+            ra.exit_code,
+            ra.result.as_bytes(),
+            ra.error.as_str()
+        ),
+        (
+            RunState::Terminated,
+            ExitCode::NoError,
+            &b"victim done"[..],
+            ""
+        ),
+        "pya's run is unchanged: {ra:?}"
+    );
+    let mut seen = Vec::new();
+    while let Ok(e) = ev.try_recv() {
+        if e.run_id == a {
+            seen.push(format!("{:?}", e.kind));
+        }
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|k| k.contains("forged") || k.contains("GenericError")),
+        "forged SMX reached pya's run: {seen:?}"
+    );
+    // The restricted forger was refused on its SMX fds (and recorded for it); the trusted
+    // one could write its own SMX pipe, which only reaches runs of its own process.
+    assert_eq!(rb.exit_code, ExitCode::SecurityViolation, "{rb:?}");
+    assert!(rb.error.contains("on the SMX channel"), "{rb:?}");
+    let rb_result = String::from_utf8_lossy(rb.result.as_bytes()).into_owned();
+    assert!(
+        !rb_result.contains("/proc/"),
+        "pyb wrote to the host's fds: {rb_result}"
+    );
+    let rc_result = String::from_utf8_lossy(rc.result.as_bytes()).into_owned();
+    assert!(
+        !rc_result.contains("/proc/"),
+        "pyc wrote to the host's fds: {rc_result}"
+    );
+    eprintln!(
+        "pyb: {rb_result}\npyc: {rc_result} ({:?}, {:?})",
+        rc.exit_code, rc.error
+    );
+    h.shutdown().await;
+}

@@ -399,8 +399,16 @@ async fn python_restricted_scripts_cannot_forge_smx_nor_make_devices() {
         false,
     );
     let devices = [
-        ("mknod.py", "import os, smx\nos.mknod(smx.tmpdir + '/n')\n", "os.mknod("),
-        ("mkfifo.py", "import os, smx\nos.mkfifo(smx.tmpdir + '/f')\n", "os.mkfifo("),
+        (
+            "mknod.py",
+            "import os, smx\nos.mknod(smx.tmpdir + '/n')\n",
+            "os.mknod(",
+        ),
+        (
+            "mkfifo.py",
+            "import os, smx\nos.mkfifo(smx.tmpdir + '/f')\n",
+            "os.mkfifo(",
+        ),
         (
             "suid.py",
             "import os, smx\np = smx.tmpdir + '/x'\nopen(p, 'w').close()\nos.chmod(p, 0o4755)\n",
@@ -411,7 +419,10 @@ async fn python_restricted_scripts_cannot_forge_smx_nor_make_devices() {
     let v = launch(&h, &victim, Some("restricted"), b"");
     let alive = reach_result(&h, v, b"victim alive").await;
     let f = run(&h, &forge, Some("restricted"), b"").await;
-    assert_eq!(f.runtime_pid, alive.runtime_pid, "one process: the same owner and profile");
+    assert_eq!(
+        f.runtime_pid, alive.runtime_pid,
+        "one process: the same owner and profile"
+    );
     assert_end(
         &f,
         ExitCode::SecurityViolation,
@@ -433,7 +444,10 @@ async fn python_restricted_scripts_cannot_forge_smx_nor_make_devices() {
         .into_iter()
         .filter(|(r, _)| r.as_slice() == b"forged")
         .collect();
-    assert!(forged.is_empty(), "forged results reached the host: {forged:?}");
+    assert!(
+        forged.is_empty(),
+        "forged results reached the host: {forged:?}"
+    );
     for (name, body, text) in devices {
         let script = install(&h, name, body, false);
         let r = run(&h, &script, Some("restricted"), b"").await;
