@@ -1400,6 +1400,76 @@ async fn cli_verbs_through_socket_flag_and_smx_socket() {
     assert!(o.stderr.contains("no_such_run"), "{o:#?}");
 }
 
+/// Issue 11: `smx daemon --socket PATH` never destroys what is at PATH unless it is a stale
+/// socket. A regular file, a directory and a symlink (to a regular file) are refused with a
+/// clear error and exit status 1, and stay as they were; a live socket (another daemon) is
+/// refused and that daemon keeps answering; a stale socket is replaced.
+#[test]
+fn daemon_socket_refuses_what_is_not_a_stale_socket() {
+    let d = Daemon::start("", "");
+    let dir = d.dir.clone();
+    let file = dir.join("precious.txt");
+    std::fs::write(&file, "an operator's file\n").unwrap();
+    let subdir = dir.join("a-directory");
+    std::fs::create_dir(&subdir).unwrap();
+    std::fs::write(subdir.join("inside"), "kept").unwrap();
+    let link = dir.join("link.sock");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let start = |socket: &Path| {
+        let mut cmd = smx_cmd(&smx_bin(), &["daemon", "--config"], &[]);
+        cmd.arg(&d.config).arg("--socket").arg(socket);
+        run_cmd(cmd)
+    };
+    for (path, kind) in [
+        (&file, "a regular file"),
+        (&subdir, "a directory"),
+        (&link, "a symbolic link"),
+    ] {
+        let o = start(path);
+        assert_eq!(o.code, Some(1), "{path:?}: {o:#?}");
+        assert!(
+            o.stderr.contains(&format!(
+                "control socket {}: it exists and is {kind}, not a socket; not replacing it",
+                path.display()
+            )),
+            "{o:#?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "an operator's file\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(subdir.join("inside")).unwrap(),
+        "kept"
+    );
+    assert_eq!(std::fs::read_link(&link).unwrap(), file);
+
+    // A live daemon's socket: refused, and that daemon still answers.
+    let o = start(&d.socket);
+    assert_eq!(o.code, Some(1), "{o:#?}");
+    assert!(
+        o.stderr.contains(&format!(
+            "another smx daemon is already listening on {}",
+            d.socket.display()
+        )),
+        "{o:#?}"
+    );
+    let o = cli(&["ps"], &[("SMX_SOCKET", d.socket.as_path())]);
+    assert_eq!(o.code, Some(0), "the first daemon still answers: {o:#?}");
+    drop(d);
+
+    // A stale socket (its daemon is gone): replaced.
+    let tmp = tempfile::Builder::new()
+        .prefix("smx-daemon-test-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    drop(std::os::unix::net::UnixListener::bind(tmp.path().join("smx.sock")).unwrap());
+    let d = Daemon::start_in(tmp.path(), &smx_bin(), "", "");
+    let o = cli(&["ps"], &[("SMX_SOCKET", d.socket.as_path())]);
+    assert_eq!(o.code, Some(0), "{o:#?}");
+}
+
 #[test]
 fn cli_without_a_daemon_says_so_and_fails() {
     let dir = tempfile::tempdir().unwrap();

@@ -49,6 +49,11 @@ pub enum DaemonError {
     Storage(#[from] crate::storage::StorageError),
     #[error("another smx daemon is already listening on {0}")]
     AlreadyRunning(PathBuf),
+    #[error(
+        "control socket {path}: it exists and is {kind}, not a socket; not replacing it \
+         (remove it or choose another --socket)"
+    )]
+    NotASocket { path: PathBuf, kind: &'static str },
     #[error("control socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -334,6 +339,51 @@ fn admit(shared: &Arc<Shared>, stream: UnixStream) {
     }
 }
 
+/// Makes room for the socket at `path`: nothing there, or a stale socket (connecting is
+/// refused: its daemon is gone), which is removed. Anything else stays as it is and the
+/// start is refused: a live socket (another daemon), and whatever is not a socket (a
+/// regular file, a directory, a symlink, ...), which an operator's mistyped `--socket` must
+/// never destroy.
+fn clear_stale_socket(path: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::FileTypeExt;
+    let err = |source| DaemonError::Socket {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err(e)),
+    };
+    let t = meta.file_type();
+    if !t.is_socket() {
+        let kind = if t.is_file() {
+            "a regular file"
+        } else if t.is_dir() {
+            "a directory"
+        } else if t.is_symlink() {
+            "a symbolic link"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else {
+            "a device"
+        };
+        return Err(DaemonError::NotASocket {
+            path: path.to_owned(),
+            kind,
+        });
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(DaemonError::AlreadyRunning(path.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            tracing::info!(socket = %path.display(), "replacing a stale control socket");
+            std::fs::remove_file(path).map_err(err)
+        }
+        // Not allowed to connect, say: whoever listens there is not ours to displace.
+        Err(e) => Err(err(e)),
+    }
+}
+
 fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, DaemonError> {
     use std::os::unix::fs::PermissionsExt;
     let err = |source| DaemonError::Socket {
@@ -346,13 +396,7 @@ fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, DaemonError> {
         std::fs::create_dir_all(dir).map_err(err)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
     }
-    if path.exists() {
-        // A live daemon answers; a stale socket file from a crash is replaced.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(DaemonError::AlreadyRunning(path.to_owned()));
-        }
-        std::fs::remove_file(path).map_err(err)?;
-    }
+    clear_stale_socket(path)?;
     let listener = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
     if let Some(g) = gid {
