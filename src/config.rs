@@ -743,7 +743,7 @@ impl Config {
         self.extend_os_profiles(&mut p, os_profiles, system);
         self.extend_owners(&mut p, owners);
         if let Some(h) = host {
-            self.extend_host(&mut p, h);
+            self.extend_host(&mut p, h, system);
         }
         if let Some(c) = control {
             self.extend_control(&mut p, c, system);
@@ -957,8 +957,10 @@ impl Config {
         }
     }
 
-    fn extend_host(&mut self, p: &mut Problems, item: Item<'_>) {
+    fn extend_host(&mut self, p: &mut Problems, item: Item<'_>, system: bool) {
         let active_at = field(&item, "max_active_runs").map(|v| v.span());
+        let fetch_at = field(&item, "fetch_timeout").map(|v| v.span());
+        let state_at = field(&item, "state_dir").map(|v| v.span());
         let Some(h) = p.de::<HostSection>(item) else {
             return;
         };
@@ -988,7 +990,16 @@ impl Config {
         if let Some(v) = h.max_finished_runs {
             d.max_finished_runs = v;
         }
+        if d.fetch_timeout.is_zero() {
+            p.at(
+                fetch_at,
+                "must be more than 0s (with 0 every smScriptSource retrieval would time out at once)",
+            );
+        }
         if let Some(v) = h.state_dir {
+            if system && let Some(why) = unusable_dir(&v.0) {
+                p.at(state_at, why);
+            }
             d.state_dir = Some(v.0);
         }
         if let Some(v) = h.fetch_max_octets {
@@ -1162,6 +1173,38 @@ fn strings(v: Option<&Item<'_>>) -> Vec<(String, Span)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Why `dir` cannot be a directory the daemon keeps files in (state_dir), if that can be
+/// told cheaply: it is something else, or the nearest part of it that exists is not a
+/// directory (so it cannot be created). Permissions are the daemon's business at start.
+fn unusable_dir(dir: &Path) -> Option<String> {
+    for (i, p) in dir.ancestors().enumerate() {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => return None,
+            Ok(_) if i == 0 => {
+                return Some(format!("{} exists and is not a directory", dir.display()));
+            }
+            Ok(_) => {
+                return Some(format!(
+                    "{} cannot be created: {} is not a directory",
+                    dir.display(),
+                    p.display()
+                ));
+            }
+            // A missing part, or one below a file (ENOTDIR): the ancestors tell.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Some(format!("{}: {e}", p.display())),
+        }
+    }
+    None
 }
 
 /// Why `user` cannot be used, if it does not exist on this system.

@@ -588,6 +588,61 @@ fn config_check_reports_every_problem_with_its_place() {
     );
 }
 
+/// Issue 11 (no terminal injection): `smx config check` prints what the file and its name
+/// say with control characters escaped, each problem on one line (a file name with a
+/// newline cannot forge a verdict line). `fetch_timeout = "0s"` and a `state_dir` that
+/// cannot be a directory are problems too.
+#[test]
+fn config_check_escapes_names_and_values_and_flags_unusable_settings() {
+    let d = tempfile::tempdir().unwrap();
+    let f = write(
+        d.path(),
+        "e\x1b]0;owned\x07\nfake.toml: ok\x1b[2J.toml",
+        "[host]\nfetch_timeout = \"0s\"\nstate_dir = \"/etc/passwd/\\u001b[2J\"\n",
+    );
+    let o = smx_env(&["config", "check", &f], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let e = text(&o.stderr);
+    assert!(
+        !e.bytes().any(|b| b == 0x1b || b == 0x07),
+        "raw control characters: {e:?}"
+    );
+    let name = f
+        .replace('\x1b', "\\x1b")
+        .replace('\x07', "\\x07")
+        .replace('\n', "\\n");
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "{name}:2:17: host.fetch_timeout: must be more than 0s (with 0 every \
+                 smScriptSource retrieval would time out at once)"
+            ),
+            format!(
+                "{name}:3:13: host.state_dir: /etc/passwd/\\x1b[2J cannot be created: \
+                 /etc/passwd is not a directory"
+            ),
+            format!("smx: {name}: 2 problems; smx daemon would refuse to start with it"),
+        ],
+        "{e}"
+    );
+    let f = write(
+        d.path(),
+        "file.toml",
+        "[host]\nstate_dir = \"/etc/passwd\"\n",
+    );
+    let o = smx_env(&["config", "check", &f], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).starts_with(&format!(
+            "{f}:2:13: host.state_dir: /etc/passwd exists and is not a directory\n"
+        )),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
 /// The conffile the package installs is valid as shipped.
 #[test]
 fn packaged_config_is_valid() {
