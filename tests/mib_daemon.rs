@@ -2021,3 +2021,136 @@ fn cli_script_and_launch_verbs_without_a_daemon_say_so() {
         }
     }
 }
+
+// =======================================================================================
+// Storage quota.
+
+/// Every file below `dir`, as paths relative to it (temporary files included).
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Issue 11: `[host] storage_quota` exceeded, through every way a script gets stored (the
+/// smScriptTable row of `smx script install`, the API's `install`, `smx run --daemon`),
+/// is a clear error naming the owner, the size and the setting, and leaves nothing
+/// half-written: no file (nor temporary file) in the storage, no smScriptTable row, and
+/// after a restart on the same state_dir none either. Another owner's quota is its own.
+#[tokio::test]
+async fn storage_quota_exceeded_is_clear_and_leaves_nothing_behind() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let mut d = Daemon::start(dir, true, "storage_quota = 1000", "");
+    let sock = d.socket.clone();
+    let small = file(
+        dir,
+        "small.sh",
+        &format!("#!/bin/sh\n#{}\n", "s".repeat(580)),
+        0o755,
+    );
+    let big = file(
+        dir,
+        "big.sh",
+        &format!("#!/bin/sh\n#{}\n", "b".repeat(580)),
+        0o755,
+    );
+    let small_s = small.display().to_string();
+    let big_s = big.display().to_string();
+    ok_out(&smx(
+        &[
+            "script",
+            "install",
+            "noc",
+            "small.sh",
+            &small_s,
+            "--storage",
+            "nonVolatile",
+        ],
+        Some(&sock),
+    ));
+    let before = files_under(&dir.join("storage"));
+    assert_eq!(before, ["noc/%mib/small.sh"], "{before:?}");
+
+    let o = smx(
+        &[
+            "script",
+            "install",
+            "noc",
+            "big.sh",
+            &big_s,
+            "--storage",
+            "nonVolatile",
+        ],
+        Some(&sock),
+    );
+    fails(
+        &o,
+        &[
+            "owner \"noc\" would hold 1184 octets of smCodeText",
+            "the quota is 1000",
+            "storage_quota",
+        ],
+    );
+    let mut c = d.client().await;
+    let e = refused(t(c.install("noc", "api.sh", &[b'#'; 600], true)).await);
+    assert!(
+        e.1.contains("owner \"noc\" would use") && e.1.contains("storage_quota"),
+        "{e:?}"
+    );
+    let o = smx(&["run", "--daemon", "--owner", "noc", &big_s], Some(&sock));
+    fails(&o, &["owner \"noc\" would use", "storage_quota"]);
+
+    assert_eq!(
+        files_under(&dir.join("storage")),
+        before,
+        "nothing half-written"
+    );
+    let names =
+        |rows: Vec<ScriptRow>| -> Vec<String> { rows.into_iter().map(|r| r.name).collect() };
+    assert_eq!(
+        names(t(c.scripts(Some("noc"))).await.unwrap()),
+        ["small.sh"]
+    );
+    assert!(
+        t(c.runs(Some("noc"))).await.unwrap().is_empty(),
+        "no run started"
+    );
+    // Another owner's quota is its own.
+    ok_out(&smx(
+        &[
+            "script",
+            "install",
+            "ops",
+            "big.sh",
+            &big_s,
+            "--storage",
+            "nonVolatile",
+        ],
+        Some(&sock),
+    ));
+
+    drop(c);
+    d.stop();
+    let d = Daemon::start(dir, true, "storage_quota = 1000", "");
+    let mut c = d.client().await;
+    assert_eq!(
+        names(t(c.scripts(Some("noc"))).await.unwrap()),
+        ["small.sh"]
+    );
+    assert_eq!(names(t(c.scripts(Some("ops"))).await.unwrap()), ["big.sh"]);
+}
