@@ -748,11 +748,20 @@ def _do_abort(run, cid):
 # --------------------------------------------------------------------------------------------
 # The run thread
 
+# Whether a restricted script has ever run in this process: until one has, the wrappers of
+# _guard_os go straight to the real function (a trusted runtime process, smx starts one
+# per runtime profile, never pays for them). Never reset: threads a restricted script
+# started may outlive its run.
+_restricted_live = False
+
+
 def _execute(run, code, globals_):
+    global _restricted_live
     # Frames above this one belong to the script (see _install_tracer).
     _checkpoint(run)    # a suspend or abort that came while compiling
     try:
         if run.restricted:
+            _restricted_live = True
             _tls.policy = run
         exec(code, globals_)
     finally:
@@ -1431,8 +1440,8 @@ _REFUSED_FAULTHANDLER = ("enable", "dump_traceback", "dump_traceback_later", "re
 
 def _guard_fd_function(name, real, positions):
     def guarded(*args, **kwargs):
-        run = getattr(_tls, "policy", None)
-        if run is not None:
+        run = _restricted_live and getattr(_tls, "policy", None)
+        if run:
             for i in positions:
                 fd = args[i] if len(args) > i else None
                 if isinstance(fd, int) and fd in _private_fds:
@@ -1445,8 +1454,8 @@ def _guard_fd_function(name, real, positions):
 
 def _guard_refused(what, real):
     def guarded(*args, **kwargs):
-        run = getattr(_tls, "policy", None)
-        if run is not None:
+        run = _restricted_live and getattr(_tls, "policy", None)
+        if run:
             _violation(run, _describe(what, args))
         return real(*args, **kwargs)
     guarded.__name__ = guarded.__qualname__ = what.rpartition(".")[2]
@@ -1456,8 +1465,8 @@ def _guard_refused(what, real):
 
 def _guard_os_open(real):
     def open(path, flags, mode=0o777, *args, **kwargs):
-        run = getattr(_tls, "policy", None)
-        if run is not None and flags & os.O_CREAT and mode & _SET_ID_BITS:
+        run = _restricted_live and getattr(_tls, "policy", None)
+        if run and flags & os.O_CREAT and mode & _SET_ID_BITS:
             _violation(run, "os.open with set-user/group-ID mode %o: %r" % (mode, path))
         return real(path, flags, mode, *args, **kwargs)
     open.__doc__ = real.__doc__
@@ -1466,8 +1475,8 @@ def _guard_os_open(real):
 
 def _closerange(real):
     def closerange(fd_low, fd_high):
-        run = getattr(_tls, "policy", None)
-        if run is not None and any(fd_low <= fd < fd_high for fd in _private_fds):
+        run = _restricted_live and getattr(_tls, "policy", None)
+        if run and any(fd_low <= fd < fd_high for fd in _private_fds):
             _violation(run, "os.closerange(%d, %d) over the SMX channel" % (fd_low, fd_high))
         return real(fd_low, fd_high)
     closerange.__doc__ = real.__doc__

@@ -369,6 +369,9 @@ class RestrictedProcess(unittest.TestCase):
             ("/dev/fd", "open('/dev/fd/%d' % fd, 'rb')", "forbids open"),
             ("fcntl", "__import__('fcntl').fcntl(fd, 2, 0)", "fcntl.fcntl on the SMX channel"),
             ("closerange", "os.closerange(fd, fd + 1)", "over the SMX channel"),
+            ("from a thread of the script",
+             "[(t := __import__('threading').Thread(target=os.dup, args=(fd,))).start(), t.join()]",
+             "os.dup on the SMX channel"),
         ]
         for name, op, text in rows:
             with self.subTest(name):
