@@ -227,6 +227,14 @@ static HOST: OnceLock<HostContainment> = OnceLock::new();
 /// takes a child that is being registered for an orphan.
 static SPAWNED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
 
+/// Orphans the host adopted, and when it first saw each.
+static ORPHANS: Mutex<Option<HashMap<i32, std::time::Instant>>> = Mutex::new(None);
+
+/// How long an orphan of a dead runtime may finish by itself before it is killed: a
+/// runtime's own watchdog (the Python runtime's removes its temp directories when the
+/// runtime is gone) needs a moment, a script's leftover gets no more than that.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(1);
+
 /// What the host's containment amounts to on this machine, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostLevel {
@@ -380,14 +388,19 @@ pub fn runtime_started(pid: u32, cg: RuntimeCgroup) {
         .insert(pid, cg.path);
 }
 
-/// The runtime `pid` is gone or going: everything left in its process group and its
-/// cgroup (its scripts and theirs) is killed, and the cgroup removed.
+/// The runtime `pid` is gone or going: everything left in its process group is killed,
+/// and what is left in its cgroup (its scripts' orphans, its own watchdogs) once it is
+/// empty or [`ORPHAN_GRACE`] has passed; then the cgroup is removed.
 pub async fn runtime_ended(pid: u32) {
     crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     let path = HOST
         .get()
         .and_then(|h| h.runtimes.lock().expect("runtimes lock").remove(&pid));
     if let Some(p) = path {
+        let until = tokio::time::Instant::now() + ORPHAN_GRACE;
+        while count_procs(&p) > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         remove_tree_async(&p).await;
     }
     reap_orphans();
@@ -407,25 +420,42 @@ pub fn spawn_tracked<T>(
     Ok(child)
 }
 
-/// Kills and reaps the host's children it did not spawn itself: orphans of runtimes that
-/// died, reparented to the host as subreaper. Children it spawned are left to their owners
-/// (tokio reaps them by pid).
-pub fn reap_orphans() {
+/// Reaps the host's children it did not spawn itself: orphans of runtimes that died,
+/// reparented to the host as subreaper; one still alive [`ORPHAN_GRACE`] after it was
+/// first seen is killed. Children it spawned are left to their owners (tokio reaps them
+/// by pid). Returns whether orphans are still waiting.
+pub fn reap_orphans() -> bool {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
     let mut reg = SPAWNED.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(set) = reg.as_mut() else { return };
+    let Some(set) = reg.as_mut() else {
+        return false;
+    };
+    let mut orphans = ORPHANS.lock().unwrap_or_else(|e| e.into_inner());
+    let orphans = orphans.get_or_insert_with(HashMap::new);
     let children = own_children();
     // Registered children that are no longer children were reaped by their owners.
     set.retain(|p| children.contains(&(*p as i32)));
+    orphans.retain(|p, _| children.contains(p));
+    let now = std::time::Instant::now();
     for pid in children {
         if set.contains(&(pid as u32)) {
             continue;
         }
         let p = nix::unistd::Pid::from_raw(pid);
-        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-        // Reaps it if it is already dead; else its SIGCHLD brings us back.
-        let _ = nix::sys::wait::waitpid(p, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-        tracing::info!(pid, "ended an orphan adopted from a runtime");
+        if !matches!(
+            waitpid(p, Some(WaitPidFlag::WNOHANG)),
+            Ok(WaitStatus::StillAlive)
+        ) {
+            orphans.remove(&pid);
+            continue;
+        }
+        let seen = *orphans.entry(pid).or_insert(now);
+        if now.duration_since(seen) >= ORPHAN_GRACE {
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+            tracing::info!(pid, "ended an orphan adopted from a runtime");
+        }
     }
+    !orphans.is_empty()
 }
 
 /// Runs [`reap_orphans`] on every SIGCHLD (and every few seconds, in case one was
@@ -439,9 +469,15 @@ pub fn spawn_orphan_reaper() {
         }
     };
     tokio::spawn(async move {
+        let mut waiting = false;
         loop {
-            let _ = tokio::time::timeout(Duration::from_secs(5), sig.recv()).await;
-            reap_orphans();
+            let tick = if waiting {
+                Duration::from_millis(100)
+            } else {
+                Duration::from_secs(5)
+            };
+            let _ = tokio::time::timeout(tick, sig.recv()).await;
+            waiting = reap_orphans();
         }
     });
 }
