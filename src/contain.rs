@@ -67,6 +67,12 @@ impl Cgroup {
         )
     }
 
+    /// Whether no process is in the cgroup or below (`cgroup.events`).
+    pub fn is_empty(&self) -> bool {
+        std::fs::read_to_string(self.path.join("cgroup.events"))
+            .is_ok_and(|e| e.lines().any(|l| l == "populated 0"))
+    }
+
     /// SIGKILL to every process in the cgroup and below.
     pub fn kill(&self) {
         kill_tree(&self.path);

@@ -573,8 +573,17 @@ struct Contained {
     run: RunId,
     pid: i32,
     cgroup: Option<crate::contain::Cgroup>,
+    /// The cgroup was frozen at some time (it is thawed before it is used again).
+    froze: bool,
     ended: bool,
 }
+
+/// Empty run cgroups kept for the next runs: creating and removing a cgroup costs about
+/// as much as starting a small program, and an empty one is as good as a new one.
+static CGROUP_POOL: Mutex<Vec<crate::contain::Cgroup>> = Mutex::new(Vec::new());
+
+/// Empty cgroups kept, at most.
+const CGROUP_POOL_MAX: usize = 64;
 
 impl Contained {
     fn kill(&self) {
@@ -586,18 +595,29 @@ impl Contained {
     }
 
     async fn end(mut self) {
-        self.kill();
         self.ended = true;
-        if let Some(cg) = self.cgroup.take() {
-            cg.remove().await;
+        crate::process::signal_group(self.pid as u32, nix::sys::signal::Signal::SIGKILL);
+        let Some(cg) = self.cgroup.take() else {
+            kill_orphans_of(self.run, self.pid);
+            return;
+        };
+        // The script left nothing: the cgroup serves the next run.
+        if cg.is_empty() && (!self.froze || cg.freeze(false).is_ok()) {
+            let mut pool = CGROUP_POOL.lock().expect("pool lock");
+            if pool.len() < CGROUP_POOL_MAX {
+                pool.push(cg);
+                return;
+            }
         }
+        cg.remove().await;
     }
 
-    fn freeze(&self, frozen: bool) {
-        if let Some(cg) = &self.cgroup
-            && let Err(e) = cg.freeze(frozen)
-        {
-            tracing::warn!(run = %self.run, "cgroup.freeze: {e}");
+    fn freeze(&mut self, frozen: bool) {
+        if let Some(cg) = &self.cgroup {
+            self.froze |= frozen;
+            if let Err(e) = cg.freeze(frozen) {
+                tracing::warn!(run = %self.run, "cgroup.freeze: {e}");
+            }
         }
     }
 }
@@ -708,9 +728,13 @@ impl SpawnContext {
         }
     }
 
-    /// A cgroup for one run, if this machine gives us cgroups.
+    /// A cgroup for one run, if this machine gives us cgroups: an empty one left by an
+    /// earlier run, else a new one.
     fn run_cgroup(&self, run: RunId) -> Option<crate::contain::Cgroup> {
         let (parent, _) = self.cgroups.as_ref()?;
+        if let Some(cg) = CGROUP_POOL.lock().expect("pool lock").pop() {
+            return Some(cg);
+        }
         match crate::contain::Cgroup::create(parent.join(format!("run-{run}"))) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -722,6 +746,7 @@ impl SpawnContext {
 
     /// The runtime is ending: every process left (scripts' orphans) goes with it.
     fn end_all(&self) {
+        CGROUP_POOL.lock().expect("pool lock").clear();
         for c in crate::contain::own_children() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(c),
@@ -822,6 +847,7 @@ impl SpawnContext {
             run,
             pid: child.pid,
             cgroup,
+            froze: false,
             ended: false,
         };
         drop((in_r, out_w, err_w, rep_w, procs));
@@ -1070,7 +1096,7 @@ async fn supervise(
     grace: Duration,
 ) {
     let Spawned {
-        guard,
+        mut guard,
         stdout,
         stderr,
         reports,
