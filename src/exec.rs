@@ -19,15 +19,15 @@
 //! stops (SIGSTOP, SIGTSTP) is reported `suspended` and `resume` continues it.
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::process::{CommandExt as _, ExitStatusExt};
-use std::path::Path;
-use std::process::Stdio;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinSet;
@@ -163,10 +163,12 @@ struct RunSlot {
     /// The script's pid, and where its stops and continues are told to the run.
     pid: u32,
     stops: Arc<StopReport>,
+    /// Where the script's wait status goes once [`reap`] has it.
+    exit: Option<tokio::sync::oneshot::Sender<std::process::ExitStatus>>,
 }
 
 /// The last stop or continue of a run's script that the runtime did not cause itself (or
-/// did: the run sorts that out), from [`report_stops`] to the run's task.
+/// did: the run sorts that out), from [`reap`] to the run's task.
 #[derive(Default)]
 struct StopReport {
     /// 0, or the RunState number it implies (suspended, executing).
@@ -197,21 +199,36 @@ impl StopReport {
     }
 }
 
-/// Tells runs whose scripts stopped or continued since the last SIGCHLD. waitid with
-/// WSTOPPED | WCONTINUED (never WEXITED: reaping stays tokio's) reports each change once,
-/// and a child has at most one pending, so this takes one call per change plus one: a
-/// SIGCHLD costs no work per run (the runs do not each listen).
-fn report_stops(runs: &HashMap<RunId, RunSlot>) {
-    use nix::sys::wait::{Id as WaitId, WaitPidFlag, WaitStatus, waitid};
-    let flags = WaitPidFlag::WSTOPPED | WaitPidFlag::WCONTINUED | WaitPidFlag::WNOHANG;
-    for _ in 0..=runs.len() {
-        let (pid, now) = match waitid(WaitId::All, flags) {
-            Ok(WaitStatus::Stopped(pid, _)) => (pid, RunState::Suspended),
-            Ok(WaitStatus::Continued(pid)) => (pid, RunState::Executing),
-            _ => return,
+/// Takes every wait status there is since the last SIGCHLD: a script's exit goes to its
+/// run, its stops and continues (WUNTRACED | WCONTINUED) to the run's [`StopReport`], and
+/// any other child is an orphan of a script, reparented to us as subreaper, now reaped.
+/// One waitpid per change plus one: a SIGCHLD costs no work per run.
+fn reap(runs: &mut HashMap<RunId, RunSlot>, by_pid: &mut HashMap<i32, RunId>) {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid out pointer.
+        let pid = unsafe {
+            libc::waitpid(
+                -1,
+                &mut status,
+                libc::WNOHANG | libc::WUNTRACED | libc::WCONTINUED,
+            )
         };
-        if let Some(slot) = runs.values().find(|s| s.pid == pid.as_raw() as u32) {
-            slot.stops.report(now);
+        if pid <= 0 {
+            return;
+        }
+        let Some(slot) = by_pid.get(&pid).and_then(|r| runs.get_mut(r)) else {
+            continue;
+        };
+        if libc::WIFSTOPPED(status) {
+            slot.stops.report(RunState::Suspended);
+        } else if libc::WIFCONTINUED(status) {
+            slot.stops.report(RunState::Executing);
+        } else {
+            by_pid.remove(&pid);
+            if let Some(tx) = slot.exit.take() {
+                let _ = tx.send(std::process::ExitStatus::from_raw(status));
+            }
         }
     }
 }
@@ -223,6 +240,12 @@ pub async fn serve(opts: Options) -> io::Result<()> {
         Ok("tcp") => connect_tcp().await?,
         _ => (stdio_in(), stdio_out(), None),
     };
+    // Orphans of scripts (double forks, `setsid` children) come back to us, and end with
+    // their run (crate::contain).
+    if let Err(e) = crate::contain::become_subreaper() {
+        tracing::warn!("PR_SET_CHILD_SUBREAPER failed, orphans of scripts go to init: {e}");
+    }
+    reserve_low_fds();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
     let writer = tokio::spawn(async move {
         while let Some(mut buf) = out_rx.recv().await {
@@ -237,7 +260,9 @@ pub async fn serve(opts: Options) -> io::Result<()> {
             }
         }
     });
+    let ctx = SpawnContext::new();
     let mut runs: HashMap<RunId, RunSlot> = HashMap::new();
+    let mut by_pid: HashMap<i32, RunId> = HashMap::new();
     // One task per run, each yielding its RunId when it ends; at most one per slot in `runs`.
     let mut tasks: JoinSet<RunId> = JoinSet::new();
     let mut input = LineReader::new(input, DEFAULT_MAX_LINE);
@@ -259,15 +284,18 @@ pub async fn serve(opts: Options) -> io::Result<()> {
                 };
                 // Waits while the output queue is full: a host that does not read our
                 // replies stops being read.
-                handle(&line, &opts, auth.as_ref(), &mut runs, &mut tasks, &out_tx).await;
+                handle(&line, &opts, &ctx, auth.as_ref(), &mut runs, &mut by_pid, &mut tasks, &out_tx).await;
             }
             Some(done) = tasks.join_next_with_id() => match done {
                 Ok((_, run)) => {
-                    runs.remove(&run);
+                    if let Some(s) = runs.remove(&run) {
+                        by_pid.remove(&(s.pid as i32));
+                    }
                 }
                 Err(e) => {
                     tracing::error!("run task failed: {e}");
                     runs.retain(|_, s| s.task != e.id());
+                    by_pid.retain(|_, r| runs.contains_key(r));
                 }
             },
             Some(()) = async {
@@ -275,7 +303,7 @@ pub async fn serve(opts: Options) -> io::Result<()> {
                     Some(s) => s.recv().await,
                     None => std::future::pending().await,
                 }
-            } => report_stops(&runs),
+            } => reap(&mut runs, &mut by_pid),
         }
     }
     // The channel closed: the host asks us to terminate every run and exit (RFC 3179 5.2).
@@ -287,6 +315,7 @@ pub async fn serve(opts: Options) -> io::Result<()> {
     while let Ok(Some(_)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {}
     // Runs still going after the deadline are dropped (their scripts killed on drop).
     drop(tasks);
+    ctx.end_all();
     drop(out_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     Ok(())
@@ -367,11 +396,14 @@ fn stdio_out() -> Output {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     line: &[u8],
     opts: &Options,
+    ctx: &SpawnContext,
     auth: Option<&Authenticator>,
     runs: &mut HashMap<RunId, RunSlot>,
+    by_pid: &mut HashMap<i32, RunId>,
     tasks: &mut JoinSet<RunId>,
     out: &Out,
 ) {
@@ -417,20 +449,15 @@ async fn handle(
             if !opts.profiles.contains(&profile) {
                 return send(out, negative(id, Negative::IllegalProfile)).await;
             }
-            match spawn_script(path, run, &profile, &argument) {
+            match ctx.spawn_script(path, run, &profile, &argument) {
                 Ok(spawned) => {
-                    // Queued before the run's task exists, so it precedes all the run says.
-                    send(
-                        out,
-                        Reply::Status {
-                            id,
-                            state: RunState::Executing,
-                        },
-                    )
-                    .await;
+                    // The 231 goes first, before all the run says; the run is in the table
+                    // before the main loop can reap its exit.
+                    let permit = out.reserve().await.ok();
                     let state = Arc::new(Mutex::new(RunState::Executing));
                     let (ctl_tx, ctl_rx) = mpsc::channel(CTL_QUEUE);
-                    let pid = spawned.child.id().unwrap_or(0);
+                    let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
+                    let pid = spawned.guard.pid;
                     let stops = Arc::new(StopReport::default());
                     let job = supervise(
                         run,
@@ -438,6 +465,7 @@ async fn handle(
                         state.clone(),
                         ctl_rx,
                         stops.clone(),
+                        exit_rx,
                         out.clone(),
                         opts.grace,
                     );
@@ -445,16 +473,28 @@ async fn handle(
                         job.await;
                         run
                     });
+                    // In the table before anything is awaited: its exit may be reaped next.
                     runs.insert(
                         run,
                         RunSlot {
                             state,
                             ctl: ctl_tx,
                             task: task.id(),
-                            pid,
+                            pid: pid as u32,
                             stops,
+                            exit: Some(exit_tx),
                         },
                     );
+                    by_pid.insert(pid, run);
+                    if let Some(p) = permit {
+                        p.send(
+                            Reply::Status {
+                                id,
+                                state: RunState::Executing,
+                            }
+                            .to_bytes(),
+                        );
+                    }
                 }
                 Err(e) => {
                     // An error before the script runs: no 231, a 536 and the 538 (6.1.2).
@@ -526,8 +566,368 @@ fn access(p: &Path, mode: i32) -> bool {
     unsafe { libc::access(c.as_ptr(), mode) == 0 }
 }
 
+/// A script's process and everything of it that must end with its run: its process group,
+/// its cgroup (if any), and without cgroups the orphans it left with us. Dropping it kills
+/// them all; [`Contained::end`] does the same and waits for the cgroup to empty.
+struct Contained {
+    run: RunId,
+    pid: i32,
+    cgroup: Option<crate::contain::Cgroup>,
+    /// The cgroup was frozen at some time (it is thawed before it is used again).
+    froze: bool,
+    ended: bool,
+}
+
+/// Empty run cgroups kept for the next runs: creating and removing a cgroup costs about
+/// as much as starting a small program, and an empty one is as good as a new one.
+static CGROUP_POOL: Mutex<Vec<crate::contain::Cgroup>> = Mutex::new(Vec::new());
+
+/// Empty cgroups kept, at most.
+const CGROUP_POOL_MAX: usize = 64;
+
+impl Contained {
+    fn kill(&self) {
+        crate::process::signal_group(self.pid as u32, nix::sys::signal::Signal::SIGKILL);
+        match &self.cgroup {
+            Some(cg) => cg.kill(),
+            None => kill_orphans_of(self.run, self.pid),
+        }
+    }
+
+    async fn end(mut self) {
+        self.ended = true;
+        crate::process::signal_group(self.pid as u32, nix::sys::signal::Signal::SIGKILL);
+        let Some(cg) = self.cgroup.take() else {
+            kill_orphans_of(self.run, self.pid);
+            return;
+        };
+        // The script left nothing: the cgroup serves the next run.
+        if cg.is_empty() && (!self.froze || cg.freeze(false).is_ok()) {
+            let mut pool = CGROUP_POOL.lock().expect("pool lock");
+            if pool.len() < CGROUP_POOL_MAX {
+                pool.push(cg);
+                return;
+            }
+        }
+        cg.remove().await;
+    }
+
+    fn freeze(&mut self, frozen: bool) {
+        if let Some(cg) = &self.cgroup {
+            self.froze |= frozen;
+            if let Err(e) = cg.freeze(frozen) {
+                tracing::warn!(run = %self.run, "cgroup.freeze: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Contained {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.kill();
+            if let Some(cg) = &self.cgroup {
+                let _ = std::fs::remove_dir(cg.path());
+            }
+        }
+    }
+}
+
+/// Without a cgroup: kills the processes a run left behind, as far as they can be told
+/// apart. A child of ours that is no live script's and is in the script's process group
+/// or has the run's `SMX_RUN_ID` (an orphan reparented to us), and everything below it.
+/// A process that left the group and cleared its environment is not found (README).
+fn kill_orphans_of(run: RunId, pgid: i32) {
+    let marker = format!("SMX_RUN_ID={run}");
+    let mut doomed: Vec<i32> = crate::contain::own_children()
+        .into_iter()
+        .filter(|&c| c != pgid)
+        .filter(|&c| {
+            crate::contain::stat_field(c, 2) == Some(pgid)
+                || crate::contain::environ_has(c, marker.as_bytes())
+        })
+        .collect();
+    if doomed.is_empty() {
+        return;
+    }
+    // Their descendants, found by parent links (they have not been reparented yet).
+    let parents: Vec<(i32, i32)> = crate::contain::processes()
+        .filter_map(|p| Some((p, crate::contain::stat_field(p, 1)?)))
+        .collect();
+    let mut i = 0;
+    while i < doomed.len() {
+        let p = doomed[i];
+        doomed.extend(parents.iter().filter(|&&(_, pp)| pp == p).map(|&(c, _)| c));
+        i += 1;
+    }
+    for p in doomed {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Takes fds 0 to 3 if any is free (with /dev/null), so that no pipe of ours is ever
+/// created there: a script's fds 0 to 3 are then always dup2'd from higher ones.
+fn reserve_low_fds() {
+    loop {
+        // SAFETY: open(2) of a constant path; the fd is kept for the life of the process.
+        let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return;
+        }
+        if fd > REPORT_FD {
+            // SAFETY: closing the fd just opened.
+            unsafe { libc::close(fd) };
+            return;
+        }
+    }
+}
+
+/// Environment variables of the runtime that scripts must not see, or get per run.
+const NOT_INHERITED: [&str; 10] = [
+    "SMX_TRANSPORT",
+    "SMX_HOST",
+    "SMX_PORT",
+    "SMX_COOKIE",
+    "SMX_COOKIE_FD",
+    "SMX_CGROUP",
+    "SMX_RUN_ID",
+    "SMX_PROFILE",
+    "SMX_SCRIPT",
+    "SMX_REPORT_FD",
+];
+
+/// What every spawn shares, set up once when the runtime starts.
+struct SpawnContext {
+    /// The runtime's environment without [`NOT_INHERITED`].
+    base_env: Vec<CString>,
+    /// The fd limit the runtime was started with, given back to every script.
+    nofile: Option<libc::rlimit>,
+    /// Where the runs' cgroups go, and whether we made that directory ourselves.
+    cgroups: Option<(PathBuf, bool)>,
+}
+
+impl SpawnContext {
+    fn new() -> SpawnContext {
+        use std::os::unix::ffi::OsStrExt;
+        let base_env = std::env::vars_os()
+            .filter(|(k, _)| !NOT_INHERITED.iter().any(|n| k.as_bytes() == n.as_bytes()))
+            .filter_map(|(k, v)| {
+                let mut e = k.as_bytes().to_vec();
+                e.push(b'=');
+                e.extend_from_slice(v.as_bytes());
+                CString::new(e).ok()
+            })
+            .collect();
+        SpawnContext {
+            base_env,
+            nofile: raise_nofile(),
+            cgroups: run_cgroups(),
+        }
+    }
+
+    /// A cgroup for one run, if this machine gives us cgroups: an empty one left by an
+    /// earlier run, else a new one.
+    fn run_cgroup(&self, run: RunId) -> Option<crate::contain::Cgroup> {
+        let (parent, _) = self.cgroups.as_ref()?;
+        if let Some(cg) = CGROUP_POOL.lock().expect("pool lock").pop() {
+            return Some(cg);
+        }
+        match crate::contain::Cgroup::create(parent.join(format!("run-{run}"))) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(%run, "no cgroup for the run ({e}): contained by process group");
+                None
+            }
+        }
+    }
+
+    /// The runtime is ending: every process left (scripts' orphans) goes with it.
+    fn end_all(&self) {
+        CGROUP_POOL.lock().expect("pool lock").clear();
+        for c in crate::contain::own_children() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        match &self.cgroups {
+            Some((dir, true)) => {
+                crate::contain::remove_tree(dir);
+            }
+            Some((dir, false)) => {
+                for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                    if e.file_name().to_string_lossy().starts_with("run-") {
+                        crate::contain::remove_tree(&e.path());
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn spawn_script(
+        &self,
+        path: &Path,
+        run: RunId,
+        profile: &Profile,
+        argument: &Octets,
+    ) -> io::Result<Spawned> {
+        use std::os::unix::ffi::OsStrExt;
+        if !access(path, libc::X_OK) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                NotExecutable { mode },
+            ));
+        }
+        check_format(path)?;
+        let program = CString::new(path.as_os_str().as_bytes())?;
+        let arg = argument.as_bytes();
+        let arg1 = (!arg.is_empty() && !arg.contains(&0))
+            .then(|| CString::new(arg).expect("no NUL octet"));
+        let per_run = [
+            format!("SMX_RUN_ID={run}"),
+            format!("SMX_PROFILE={}", profile.as_str()),
+            format!("SMX_REPORT_FD={REPORT_FD}"),
+        ];
+        let mut script_var = b"SMX_SCRIPT=".to_vec();
+        script_var.extend_from_slice(path.as_os_str().as_bytes());
+        let per_run: Vec<CString> = per_run
+            .into_iter()
+            .map(|v| CString::new(v).expect("no NUL octet"))
+            .chain(CString::new(script_var).ok())
+            .collect();
+        let envp: Vec<*const libc::c_char> = self
+            .base_env
+            .iter()
+            .chain(&per_run)
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let argv: Vec<*const libc::c_char> = std::iter::once(program.as_ptr())
+            .chain(arg1.as_ref().map(|a| a.as_ptr()))
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from);
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (rep_r, rep_w) = pipe()?;
+        // The Argument goes to stdin, octet for octet, written now if the pipe takes it
+        // (65535 octets fit an ordinary pipe), so no fd of ours stays open for it.
+        let (in_r, in_w) = pipe()?;
+        let in_w = std::fs::File::from(in_w);
+        let rest = write_now(&in_w, arg);
+        let cgroup = self.run_cgroup(run);
+        let procs = cgroup.as_ref().and_then(|c| c.procs().ok());
+        let fds = [
+            (in_r.as_raw_fd(), 0),
+            (out_w.as_raw_fd(), 1),
+            (err_w.as_raw_fd(), 2),
+            (rep_w.as_raw_fd(), REPORT_FD),
+        ];
+        let plan = crate::process::SpawnPlan {
+            program: &program,
+            argv: &argv,
+            envp: &envp,
+            fds: &fds,
+            cgroup_procs: procs.as_ref().map(|f| f.as_raw_fd()),
+            nofile: self.nofile,
+        };
+        let child = crate::process::spawn(&plan)?;
+        if procs.is_some() && !child.cgroup_joined {
+            tracing::warn!(%run, "script did not join its cgroup: contained by process group");
+        }
+        let cgroup = cgroup.filter(|_| child.cgroup_joined);
+        let guard = Contained {
+            run,
+            pid: child.pid,
+            cgroup,
+            froze: false,
+            ended: false,
+        };
+        drop((in_r, out_w, err_w, rep_w, procs));
+        if let Some(rest) = rest {
+            let mut stdin = tokio::net::unix::pipe::Sender::from_file(in_w)?;
+            tokio::spawn(async move {
+                let _ = stdin.write_all(&rest).await;
+            });
+        }
+        use tokio::net::unix::pipe::Receiver;
+        Ok(Spawned {
+            guard,
+            stdout: Receiver::from_owned_fd(out_r)?,
+            stderr: Receiver::from_owned_fd(err_r)?,
+            reports: Receiver::from_owned_fd(rep_r)?,
+        })
+    }
+}
+
+/// Writes what a pipe takes at once (non-blocking); the rest, if any, to be written later.
+fn write_now(w: &std::fs::File, bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let fd = w.as_fd();
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).ok()?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)).ok()?;
+    let n = nix::unistd::write(fd, bytes).unwrap_or(0);
+    (n < bytes.len()).then(|| bytes[n..].to_vec())
+}
+
+/// Raises the soft fd limit to the hard one (a live script holds three of our fds) and
+/// returns the limit as it was, for the scripts.
+fn raise_nofile() -> Option<libc::rlimit> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return None;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: l.rlim_max,
+            rlim_max: l.rlim_max,
+        };
+        if l.rlim_cur < l.rlim_max && libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            tracing::warn!(
+                "cannot raise the soft fd limit: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+    Some(l)
+}
+
+/// Where the runs' cgroups go: the cgroup the host made for this runtime (`SMX_CGROUP`,
+/// which we are in), else one we make next to our own, if the hierarchy lets us.
+fn run_cgroups() -> Option<(PathBuf, bool)> {
+    if let Some(dir) = std::env::var_os("SMX_CGROUP") {
+        let dir = PathBuf::from(dir);
+        return dir.is_dir().then_some((dir, false));
+    }
+    let own = crate::contain::own_cgroup()?;
+    let dir = own.join(format!("smx-exec-{}", std::process::id()));
+    match std::fs::create_dir(&dir) {
+        Ok(()) => Some((dir, true)),
+        Err(e) => {
+            tracing::debug!("no cgroups for runs ({e}): contained by process groups");
+            None
+        }
+    }
+}
+
 struct Spawned {
-    child: tokio::process::Child,
+    guard: Contained,
+    stdout: tokio::net::unix::pipe::Receiver,
+    stderr: tokio::net::unix::pipe::Receiver,
     reports: tokio::net::unix::pipe::Receiver,
 }
 
@@ -544,81 +944,128 @@ fn check_format(path: &Path) -> io::Result<()> {
     }
 }
 
-fn spawn_script(
-    path: &Path,
-    run: RunId,
-    profile: &Profile,
-    argument: &Octets,
-) -> io::Result<Spawned> {
-    if !access(path, libc::X_OK) {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            NotExecutable { mode },
-        ));
-    }
-    check_format(path)?;
-    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let mut cmd = std::process::Command::new(path);
-    let arg = argument.as_bytes();
-    if !arg.is_empty() && !arg.contains(&0) {
-        use std::os::unix::ffi::OsStrExt;
-        cmd.arg(std::ffi::OsStr::from_bytes(arg));
-    }
-    cmd.env("SMX_RUN_ID", run.to_string())
-        .env("SMX_PROFILE", profile.as_str())
-        .env("SMX_SCRIPT", path)
-        .env("SMX_REPORT_FD", REPORT_FD.to_string())
-        .env_remove("SMX_TRANSPORT")
-        .env_remove("SMX_HOST")
-        .env_remove("SMX_PORT")
-        .env_remove("SMX_COOKIE")
-        .env_remove("SMX_COOKIE_FD")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let raw = report_w.as_raw_fd();
-    // SAFETY: only async-signal-safe calls on an fd owned by the closure.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
-                return Err(io::Error::last_os_error());
+/// At most this many octets are taken from a pipe per wakeup, so that a script flooding
+/// its stdout cannot keep the runtime from its other runs.
+const DRAIN_CHUNKS: usize = 16;
+
+/// The end of stderr kept for the error text (its last lines).
+const STDERR_TAIL: usize = 4096;
+
+/// Reads what `rx` has now, without waiting, at most `chunks` reads of 8 KiB: keeps up to
+/// `max` octets (the first ones, or with `tail` the last ones) and drops the rest, setting
+/// `cut`. False at EOF (or on an error): nothing more will come.
+fn drain(
+    rx: &tokio::net::unix::pipe::Receiver,
+    kept: &mut Vec<u8>,
+    max: usize,
+    tail: bool,
+    cut: &mut bool,
+    chunks: usize,
+) -> bool {
+    let mut chunk = [0u8; 8192];
+    for _ in 0..chunks {
+        match rx.try_read(&mut chunk) {
+            Ok(0) => return false,
+            Ok(n) if tail => {
+                kept.extend_from_slice(&chunk[..n]);
+                if kept.len() > max {
+                    let excess = kept.len() - max;
+                    kept.drain(..excess);
+                }
             }
-            if libc::dup2(raw, REPORT_FD) == -1 {
-                return Err(io::Error::last_os_error());
+            Ok(n) => {
+                let room = max.saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..n.min(room)]);
+                *cut |= n > room;
             }
-            Ok(())
-        });
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
     }
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.kill_on_drop(true);
-    let mut child = cmd.spawn()?;
-    drop(report_w);
-    // The Argument goes to stdin, octet for octet; a script that ignores it is fine.
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let bytes = arg.to_vec();
-    tokio::spawn(async move {
-        let _ = stdin.write_all(&bytes).await;
-    });
-    let reports = tokio::net::unix::pipe::Receiver::from_owned_fd(report_r)?;
-    Ok(Spawned { child, reports })
+    true
 }
 
-/// Reads up to `max` octets and discards the rest; returns whether anything was dropped.
-async fn read_capped(mut r: impl AsyncRead + Unpin, max: usize) -> (Vec<u8>, bool) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let mut cut = false;
-    loop {
-        match r.read(&mut chunk).await {
-            Ok(0) | Err(_) => return (buf, cut),
-            Ok(n) => {
-                let room = max.saturating_sub(buf.len());
-                buf.extend_from_slice(&chunk[..n.min(room)]);
-                cut |= n > room;
+/// Fd 3 of a script: lines framed as they come, with no buffer while there is nothing.
+struct Reports {
+    rx: tokio::net::unix::pipe::Receiver,
+    buf: bytes::BytesMut,
+    framer: crate::framing::LineFramer,
+    open: bool,
+    /// Every writer closed fd 3.
+    eof: bool,
+}
+
+impl Reports {
+    fn new(rx: tokio::net::unix::pipe::Receiver) -> Reports {
+        Reports {
+            rx,
+            buf: bytes::BytesMut::new(),
+            framer: crate::framing::LineFramer::new(64 * 1024 + 16),
+            open: true,
+            eof: false,
+        }
+    }
+
+    fn frame(&mut self) -> Option<Frame> {
+        let f = self.framer.next_frame(&mut self.buf);
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = bytes::BytesMut::new();
+        }
+        f
+    }
+
+    /// The next whole line (cancel-safe: what was read stays in `buf`); `None` at EOF,
+    /// with an unterminated rest left for [`Reports::rest`].
+    async fn next(&mut self) -> io::Result<Option<Frame>> {
+        loop {
+            if let Some(f) = self.frame() {
+                return Ok(Some(f));
             }
+            self.rx.readable().await?;
+            if !self.read()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// One non-blocking read; false at EOF.
+    fn read(&mut self) -> io::Result<bool> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(4096);
+        }
+        match self.rx.try_read_buf(&mut self.buf) {
+            Ok(0) => {
+                self.eof = true;
+                Ok(false)
+            }
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The whole lines there are now, without waiting (at most what a pipe holds).
+    fn drain_now(&mut self, lines: &mut Vec<Frame>) {
+        for _ in 0..256 {
+            while let Some(f) = self.frame() {
+                lines.push(f);
+            }
+            let before = self.buf.len();
+            match self.read() {
+                Ok(true) if self.buf.len() > before => {}
+                _ => break,
+            }
+        }
+        while let Some(f) = self.frame() {
+            lines.push(f);
+        }
+    }
+
+    /// The unterminated rest of the last line, if any.
+    fn rest(&mut self) -> Option<bytes::Bytes> {
+        match self.framer.finish(&mut self.buf) {
+            Some(Frame::Line(l)) => Some(l),
+            _ => None,
         }
     }
 }
@@ -633,27 +1080,35 @@ fn set_state(state: &Mutex<RunState>, s: RunState) {
 /// has room, so the loop never waits in a send: an abort is acted on (SIGTERM, `aborting`)
 /// at once even while the script floods fd 3, and fd 3 is read only when the outbox is empty,
 /// which makes a full output queue stop the script at its pipe.
+///
+/// The run ends when the script exits: what it wrote is what is buffered then (a child it
+/// left in the background may hold its pipes open, and is not waited for), and then
+/// everything it left is killed ([`Contained`]).
+#[allow(clippy::too_many_arguments)]
 async fn supervise(
     run: RunId,
-    mut sp: Spawned,
+    sp: Spawned,
     state: Arc<Mutex<RunState>>,
     mut ctl: mpsc::Receiver<Ctl>,
     stops: Arc<StopReport>,
+    mut exit: tokio::sync::oneshot::Receiver<std::process::ExitStatus>,
     out: Out,
     grace: Duration,
 ) {
-    let pid = sp.child.id().unwrap_or(0) as i32;
+    let Spawned {
+        mut guard,
+        stdout,
+        stderr,
+        reports,
+    } = sp;
+    let pid = guard.pid;
     let pgid = nix::unistd::Pid::from_raw(pid);
-    let stdout = tokio::spawn(read_capped(
-        sp.child.stdout.take().expect("piped"),
-        MAX_RESULT_OCTETS + 2,
-    ));
-    let stderr = tokio::spawn(read_capped(
-        sp.child.stderr.take().expect("piped"),
-        64 * 1024,
-    ));
-    let mut reports = LineReader::new(sp.reports, 64 * 1024 + 16);
-    let mut reports_open = true;
+    let mut result: Vec<u8> = Vec::new();
+    let mut cut = false;
+    let mut stdout_open = true;
+    let mut err: Vec<u8> = Vec::new();
+    let mut stderr_open = true;
+    let mut reports = Reports::new(reports);
     let mut ctl_open = true;
     let mut outbox: VecDeque<Vec<u8>> = VecDeque::new();
     let push = |outbox: &mut VecDeque<Vec<u8>>, r: Reply| outbox.push_back(r.to_bytes());
@@ -671,9 +1126,9 @@ async fn supervise(
             // In this order: the end, the kill timer and controls are never starved by a
             // flood of reports.
             biased;
-            st = sp.child.wait() => break st,
+            st = &mut exit => break st.map_err(|_| io::Error::other("its wait status was lost")),
             _ = async { tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)).await }, if kill_at.is_some() => {
-                killpg(nix::sys::signal::Signal::SIGKILL);
+                guard.kill();
                 kill_at = None;
             }
             c = ctl.recv(), if ctl_open && outbox.len() < RUN_OUTBOX => match c {
@@ -688,6 +1143,8 @@ async fn supervise(
                     }
                     if current != RunState::Aborting {
                         set_state(&state, RunState::Aborting);
+                        // A frozen cgroup takes no signal: thawed first.
+                        guard.freeze(false);
                         killpg(nix::sys::signal::Signal::SIGTERM);
                         // A stopped process only acts on SIGTERM once continued.
                         killpg(nix::sys::signal::Signal::SIGCONT);
@@ -700,6 +1157,8 @@ async fn supervise(
                     RunState::Executing => {
                         killpg(nix::sys::signal::Signal::SIGSTOP);
                         if wait_stopped(pid, true).await {
+                            // Its whole tree, `setsid` children included.
+                            guard.freeze(true);
                             set_state(&state, RunState::Suspended);
                             // A stop or continue reported before this one is stale now.
                             let _ = stops.take();
@@ -716,6 +1175,7 @@ async fn supervise(
                 Some(Ctl::Resume(id)) => match current {
                     RunState::Executing => push(&mut outbox, Reply::Status { id, state: current }),
                     RunState::Suspended => {
+                        guard.freeze(false);
                         killpg(nix::sys::signal::Signal::SIGCONT);
                         if wait_stopped(pid, false).await {
                             set_state(&state, RunState::Executing);
@@ -749,43 +1209,65 @@ async fn supervise(
                 // The writer is gone (so is the host): nothing can be told any more.
                 Err(_) => outbox.clear(),
             },
-            frame = reports.next(), if reports_open && outbox.is_empty() => match frame {
+            frame = reports.next(), if reports.open && outbox.is_empty() => match frame {
                 Ok(Some(Frame::Line(l))) => push(&mut outbox, report(run, current, &l)),
-                Ok(Some(Frame::Overlong)) => push(&mut outbox, Reply::Message { text: Quoted::lossy(format!("run {run}: over-long report line discarded").as_bytes()) }),
-                _ => reports_open = false,
+                Ok(Some(Frame::Overlong)) => push(&mut outbox, overlong(run)),
+                _ => reports.open = false,
             },
+            r = stdout.readable(), if stdout_open => {
+                stdout_open = r.is_ok() && drain(&stdout, &mut result, MAX_RESULT_OCTETS + 2, false, &mut cut, DRAIN_CHUNKS);
+            }
+            r = stderr.readable(), if stderr_open => {
+                stderr_open = r.is_ok() && drain(&stderr, &mut err, STDERR_TAIL, true, &mut false, DRAIN_CHUNKS);
+            }
         }
     };
     let aborted = *state.lock().expect("state lock") == RunState::Aborting;
-    // Whatever the script left in its group goes with it.
-    killpg(nix::sys::signal::Signal::SIGKILL);
+    // Decided now, at the script's exit: its output is what is buffered.
+    if stdout_open {
+        drain(
+            &stdout,
+            &mut result,
+            MAX_RESULT_OCTETS + 2,
+            false,
+            &mut cut,
+            usize::MAX,
+        );
+    }
+    if stderr_open {
+        drain(&stderr, &mut err, STDERR_TAIL, true, &mut false, usize::MAX);
+    }
+    let mut late = Vec::new();
+    if reports.open {
+        reports.drain_now(&mut late);
+    }
+    // An unterminated last report counts only if the script ended by itself and nothing
+    // holds fd 3 any more; else it was cut, and is not taken for a result.
+    let exited = matches!(&status, Ok(s) if s.code().is_some());
+    let mut cut_note = None;
+    if let Some(rest) = reports.rest() {
+        if exited && reports.eof {
+            late.push(Frame::Line(rest));
+        } else {
+            cut_note = Some(format!(
+                "output was cut: an unterminated report line of {} octets was discarded",
+                rest.len()
+            ));
+        }
+    }
+    drop((stdout, stderr, reports));
+    // Whatever the script left (its group, its cgroup, orphans) goes with it.
+    guard.end().await;
     for m in outbox.drain(..) {
         let _ = out.send(m).await;
     }
-    // Pipes may be held open (and written) by grandchildren that escaped the group: bound
-    // the wait. What the script wrote to fd 3 before it ended is reported first.
-    let collect_until = tokio::time::Instant::now() + Duration::from_millis(500);
-    if reports_open {
-        while let Ok(Ok(Some(Frame::Line(l)))) =
-            tokio::time::timeout_at(collect_until, reports.next()).await
-        {
-            let m = report(run, RunState::Executing, &l).to_bytes();
-            if tokio::time::timeout_at(collect_until, out.send(m))
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
+    for f in late {
+        let m = match f {
+            Frame::Line(l) => report(run, RunState::Executing, &l),
+            Frame::Overlong => overlong(run),
+        };
+        send(&out, m).await;
     }
-    let collect = async {
-        let o = stdout.await.unwrap_or_default();
-        let e = stderr.await.unwrap_or_default();
-        (o, e)
-    };
-    let ((mut result, cut), (err, _)) = tokio::time::timeout_at(collect_until, collect)
-        .await
-        .unwrap_or_default();
     let lines = last_lines(&err, SYNTAX_ERROR_LINES);
     let status = match status {
         Ok(s) => s,
@@ -855,17 +1337,31 @@ async fn supervise(
     }
     if code != ExitCode::NoError && code != ExitCode::Halted {
         let why = crate::process::describe_exit(status);
-        let msg = if tail.is_empty() {
+        let mut msg = if tail.is_empty() {
             why
         } else {
             format!("{tail} ({why})")
         };
+        if let Some(note) = cut_note.take() {
+            msg = format!("{msg}; {note}");
+        }
         send(
             &out,
             Reply::Error {
                 run,
                 state: RunState::Terminated,
                 error: msg.into(),
+            },
+        )
+        .await;
+    }
+    if let Some(note) = cut_note {
+        send(
+            &out,
+            Reply::Error {
+                run,
+                state: RunState::Terminated,
+                error: note.into(),
             },
         )
         .await;
@@ -903,6 +1399,13 @@ async fn supervise(
             },
         )
         .await;
+    }
+}
+
+/// The message for a report line over the limit.
+fn overlong(run: RunId) -> Reply {
+    Reply::Message {
+        text: Quoted::lossy(format!("run {run}: over-long report line discarded").as_bytes()),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod agentx;
 pub mod client;
 pub mod config;
 pub mod conform;
+pub mod contain;
 pub mod control;
 pub mod exec;
 pub mod framing;

@@ -304,6 +304,12 @@ pub async fn events(
 /// `smx run --daemon`: install the script in the daemon's storage, launch it, show its
 /// results as they come, and wait for it to end.
 pub async fn run_remote(sock: SocketArg, args: super::run::RunArgs) -> Result<ExitCode> {
+    // Ctrl-C, SIGTERM and SIGHUP abort the run in the daemon, as without --daemon;
+    // taken from the start, so one that comes while launching aborts the run once it exists.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut c = sock.connect_soon().await?;
     let owner = match &args.owner {
         Some(o) => o.clone(),
@@ -340,9 +346,9 @@ pub async fn run_remote(sock: SocketArg, args: super::run::RunArgs) -> Result<Ex
     let finished = loop {
         let n = tokio::select! {
             n = c.next_event() => n?,
-            _ = tokio::signal::ctrl_c(), if !aborted => {
+            sig = async { tokio::select! { _ = int.recv() => "interrupted", _ = term.recv() => "terminated", _ = hup.recv() => "hung up" } }, if !aborted => {
                 aborted = true;
-                eprintln!("smx: interrupted, aborting run {run}");
+                eprintln!("smx: {sig}, aborting run {run}");
                 let _ = c.abort(run).await;
                 continue;
             }

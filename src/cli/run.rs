@@ -102,6 +102,12 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         let sock = args.socket.clone();
         return super::remote::run_remote(sock, args).await;
     }
+    // From the start: a signal that comes while the host starts aborts the run once it
+    // exists, instead of killing smx with the storage left behind.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let config = Config::load_optional(args.config.as_deref())?;
     if let Some(owner) = &args.owner {
         check_identity(&config, owner)?;
@@ -112,6 +118,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let owner_dir = args.owner.clone().unwrap_or_else(smx::host::invoking_user);
     let script = storage.install_file(&owner_dir, &args.script)?;
+    // Everything the run creates ends with it, also if a runtime dies (smx::contain).
+    smx::contain::init_host(&format!("run-{}", std::process::id()));
+    smx::contain::spawn_orphan_reaper();
     let host = Host::new(config, storage);
     let mut events = host.subscribe();
 
@@ -125,9 +134,6 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let run = host.launch(req)?;
 
     use smx::host::{RecvError, TryRecvError};
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
     let mut aborted = false;
     let mut progress = Progress::default();
     // The run's end is taken from the event stream, not raced against it: every progress
@@ -135,9 +141,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let finished = 'run: loop {
         let first = tokio::select! {
             ev = events.recv() => ev,
-            // Ctrl-C or SIGTERM: abort the run (halted) and go on showing it to its end, so
-            // that the host shuts down and the private storage is removed.
-            sig = async { tokio::select! { _ = int.recv() => "interrupted", _ = term.recv() => "terminated" } }, if !aborted => {
+            // Ctrl-C, SIGTERM or SIGHUP: abort the run (halted) and go on showing it to its
+            // end, so that the host shuts down and the private storage is removed.
+            sig = async { tokio::select! { _ = int.recv() => "interrupted", _ = term.recv() => "terminated", _ = hup.recv() => "hung up" } }, if !aborted => {
                 aborted = true;
                 eprintln!("smx: {sig}, aborting run {run}");
                 let _ = host.abort(run).await;
@@ -174,6 +180,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         progress.flush();
     };
     host.shutdown().await;
+    smx::contain::shutdown_host();
     let info = finished.ok_or("the run disappeared from the run table")?;
     print_outcome(&info, args.json)?;
     Ok(ExitCode::from(exit_status(info.exit_code)))

@@ -167,6 +167,11 @@ pub async fn run(
         .map(|g| group_gid("socket_group", g))
         .transpose()?;
     let listener = bind(&socket, socket_gid)?;
+    // Only now, with the socket ours: an earlier instance on it is dead, and what it left
+    // running is ended (crate::contain).
+    let level = crate::contain::init_host(&crate::contain::key_for(&socket));
+    tracing::info!(?level, "process containment");
+    crate::contain::spawn_orphan_reaper();
     let store = match &config.host.state_dir {
         Some(dir) => Some(crate::mib::store::Store::open(dir)?),
         None => None,
@@ -233,6 +238,7 @@ pub async fn run(
     if tokio::time::timeout(SHUTDOWN_GRACE, rest).await.is_err() {
         tracing::warn!("some control tasks did not end in time; leaving them");
     }
+    crate::contain::shutdown_host();
     tracing::info!("smx daemon stopped");
     Ok(())
 }

@@ -104,9 +104,10 @@ pub(super) async fn serve(
                 child.wait().await.ok()
             }
         };
-    } else if let Some(pid) = conn.pid {
-        // The runtime is gone; make sure nothing it left in its process group lingers.
-        crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    if let Some(pid) = conn.pid {
+        // The runtime is gone: nothing it left (its group, its cgroup, orphans) lingers.
+        crate::contain::runtime_ended(pid).await;
     }
     let status = exited
         .map(crate::process::describe_exit)

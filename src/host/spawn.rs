@@ -138,15 +138,42 @@ fn spawn(
     cookie: Option<OwnedFd>,
     extra_env: Vec<(OsString, OsString)>,
 ) -> Result<Child, StartError> {
+    // A cgroup of its own, joined before anything else happens in the child (while it is
+    // still the host's identity): see crate::contain.
+    let owner = os
+        .identity
+        .as_ref()
+        .map(|i| (i.uid.as_raw(), i.gid.as_raw()));
+    let cgroup = crate::contain::runtime_cgroup(owner);
+    if let Some(cg) = &cgroup {
+        use std::os::fd::AsRawFd;
+        let fd = cg.procs.as_raw_fd();
+        // SAFETY: one write(2) on an fd that outlives the spawn; a failure is found by
+        // runtime_started (the runtime then stays contained by its process group only).
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+                Ok(())
+            });
+        }
+    }
     os.apply(&mut cmd, cookie);
     cmd.envs(extra_env);
     cmd.env("SMX_RUNTIME", rt.name.0.as_str());
+    if let Some(cg) = &cgroup {
+        cmd.env("SMX_CGROUP", &cg.path);
+    }
     let spawned = {
         let _no_writer = crate::storage::FORK_GUARD
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        cmd.spawn()
+        crate::contain::spawn_tracked(|| cmd.spawn(), Child::id)
     };
+    if let (Ok(child), Some(cg)) = (&spawned, cgroup)
+        && let Some(pid) = child.id()
+    {
+        crate::contain::runtime_started(pid, cg);
+    }
     spawned.map_err(|e| match security::describe_spawn_error(&e) {
         Some(p) => StartError::Profile {
             runtime: rt.name.0.clone(),

@@ -153,8 +153,7 @@ fn fetch_file(
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
+        let mut child = crate::contain::spawn_tracked(|| cmd.spawn(), tokio::process::Child::id)
             .map_err(|e| FetchError::Other(format!("cannot read {path}: {e}")))?;
         // Read at most one octet past the limit (a /dev/zero must not fill the daemon's
         // memory), and stderr within a small bound; `cat` is killed on any way out.
