@@ -37,7 +37,7 @@ fn get() -> io::Result<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } == -1 {
         return Err(io::Error::last_os_error());
     }
-    Ok((l.rlim_cur as u64, l.rlim_max as u64))
+    Ok((l.rlim_cur, l.rlim_max))
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to its hard limit, once; later calls return
@@ -49,8 +49,8 @@ pub fn raise_nofile() -> io::Result<NofileLimits> {
     let (soft, hard) = get()?;
     if soft < hard {
         let l = libc::rlimit {
-            rlim_cur: hard as libc::rlim_t,
-            rlim_max: hard as libc::rlim_t,
+            rlim_cur: hard,
+            rlim_max: hard,
         };
         // SAFETY: setrlimit reads the struct we own.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } == -1 {

@@ -529,7 +529,7 @@ fn child_setup(plan: &ChildPlan) -> io::Result<()> {
                 rlim_max: 0,
             };
             check(5, libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
-            lim.rlim_cur = (soft as libc::rlim_t).min(lim.rlim_max);
+            lim.rlim_cur = soft.min(lim.rlim_max);
             check(5, libc::setrlimit(libc::RLIMIT_NOFILE, &lim))?;
         }
         if let Some(root) = chroot {

@@ -63,13 +63,13 @@ pub(crate) fn on_reply(t: &mut Table, run: RunId, reply: &Reply, who: &str) -> E
 pub(super) async fn drive(inner: Arc<Inner>, run: RunId, plan: StartPlan) {
     let conn: Arc<Conn> = match inner.clone().conn_for(run, &plan).await {
         Ok(c) => c,
-        Err(msg) => {
+        Err(e) => {
             let mut t = inner.table.lock().expect("table lock");
             match t.aborting(run) {
                 Some(cause) => t.finish_abort(run, cause.exit_code(), None),
                 None => {
-                    t.terminate(run, Some(ExitCode::GenericError), Some(&msg));
-                    tracing::warn!(run = %run, "{msg}");
+                    t.terminate(run, Some(e.exit), Some(&e.message));
+                    tracing::warn!(run = %run, "{}", e.message);
                 }
             }
             return;
