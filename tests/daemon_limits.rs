@@ -956,3 +956,76 @@ async fn the_daemon_raises_its_open_file_limit_and_runtimes_get_the_original() {
     assert_eq!(nofile_of(py_rt), (1024, 8192), "the python runtime");
     assert_eq!(nofile_of(sh_rt), (8192, 8192), "the exec runtime");
 }
+
+/// The event stream keeps up with a burst: 10,000 launches pipelined into the daemon,
+/// each run started and finished at once by the runtime, and a subscriber that reads as
+/// fast as it can sees every `launched` and every `terminated` event and never `lagged`
+/// (the AgentX subagent turns these into smScriptAbort/smScriptResult traps, RFC 3165).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn a_subscriber_that_reads_keeps_up_with_a_burst_of_ten_thousand_runs() {
+    need_root!();
+    let _serial = serial().await;
+    const N: u64 = 10_000;
+    // Tables after `[control]`'s keys: the fake runtime, finishing every run at once.
+    let fake = format!(
+        "\n[[runtime]]\nname = \"fake\"\ncommand = [\"python3\", {:?}, \"--start\", \"finish\"]\n\
+         extensions = [\"fake\"]\nprofiles = [\"trusted\"]\n",
+        common::fixture("fake_runtime.py")
+    );
+    let d = Daemon::start_full("max_active_runs = 20000", &fake, None);
+    let mut c = d.raw().await;
+    let s = c.install("x.fake", "script").await;
+    let mut sub = d.raw().await;
+    sub.ok(json!({"op": "subscribe"})).await;
+
+    let (ok, (launched, terminated, lagged)) = tokio::join!(
+        async {
+            let mut reqs = Vec::new();
+            for i in 0..N {
+                let mut l = serde_json::to_vec(
+                    &json!({"op": "launch", "owner": me(), "script": s, "id": i}),
+                )
+                .unwrap();
+                l.push(b'\n');
+                reqs.extend_from_slice(&l);
+            }
+            c.w.write_all(&reqs).await.unwrap();
+            let mut ok = 0;
+            for _ in 0..N {
+                let r = c.line().await.expect("a reply");
+                assert_eq!(r["ok"], true, "{r}");
+                ok += 1;
+            }
+            ok
+        },
+        async {
+            let (mut launched, mut terminated, mut lagged) = (0u64, 0u64, 0u64);
+            while terminated < N {
+                let v = sub.line().await.expect("the stream stays open");
+                if let Some(n) = v.get("lagged") {
+                    lagged += n.as_u64().unwrap();
+                    break;
+                }
+                match v["event"]["event"].as_str() {
+                    Some("launched") => launched += 1,
+                    Some("terminated") => {
+                        assert_eq!(v["event"]["exit_code"], "noError", "{v}");
+                        terminated += 1
+                    }
+                    _ => {}
+                }
+            }
+            (launched, terminated, lagged)
+        }
+    );
+    eprintln!(
+        "{ok} launched; events: {launched} launched, {terminated} terminated, lagged {lagged}"
+    );
+    assert_eq!(ok, N);
+    assert_eq!(
+        lagged, 0,
+        "a subscriber reading as fast as it can lost events"
+    );
+    assert_eq!((launched, terminated), (N, N));
+}
