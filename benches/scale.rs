@@ -20,7 +20,8 @@
 //!   runs, launch->terminated p50/p99; baseline: fork+exec+wait of `/bin/true` in a loop.
 //!
 //! Needs root (the owner maps to an OS profile). `cargo bench --bench scale`;
-//! `SMX_SCALE_N=1000` and `SMX_SCALE_SECS=5` make a quick run.
+//! `SMX_SCALE_N=1000` and `SMX_SCALE_SECS=5` make a quick run; `SMX_SCALE_WRAP` runs the
+//! daemon under a wrapper (`valgrind --tool=massif ...`).
 
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
@@ -60,6 +61,26 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU seconds of a process (user + system) and of its reaped children.
+fn cpu_secs(pid: u32) -> (f64, f64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<f64> = s
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|w| w.parse().unwrap_or(0.0))
+                .collect()
+        })
+        .unwrap_or_default();
+    if f.len() < 15 {
+        return (0.0, 0.0);
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // After the `)`: state is field 0, utime 11, stime 12, cutime 13, cstime 14.
+    ((f[11] + f[12]) / hz, (f[13] + f[14]) / hz)
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -127,7 +148,18 @@ runtime_profile = "trusted"
             me = me(),
         );
         std::fs::write(&config, text).unwrap();
-        let mut cmd = Command::new(smx_bin());
+        // SMX_SCALE_WRAP="valgrind --tool=massif --massif-out-file=/tmp/m.out" profiles it.
+        let wrap: Vec<String> = std::env::var("SMX_SCALE_WRAP")
+            .map(|w| w.split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
+        let mut cmd = match wrap.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(smx_bin());
+                c
+            }
+            None => Command::new(smx_bin()),
+        };
         cmd.arg("daemon")
             .arg("--config")
             .arg(&config)
@@ -153,7 +185,7 @@ runtime_profile = "trusted"
             });
         }
         let mut child = cmd.spawn().expect("start smx daemon");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             assert!(child.try_wait().unwrap().is_none(), "smx daemon exited");
             assert!(Instant::now() < deadline, "no daemon socket");
@@ -173,6 +205,13 @@ runtime_profile = "trusted"
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // SIGTERM first: a daemon under a profiler writes its output at exit.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -506,6 +545,11 @@ async fn bench() {
         .unwrap()
         .to_owned();
     *seen.ended_at.lock().unwrap() = Some(HashMap::new());
+    let cpu0 = cpu_secs(d.pid()).0;
+    let rts0: Vec<(u32, (f64, f64))> = runtime_pids(&c.call(json!({"op": "stats"})).await)
+        .into_iter()
+        .map(|p| (p, cpu_secs(p)))
+        .collect();
     let ok_before = seen.terminated_ok.load(Ordering::Relaxed);
     let term_before = seen.terminated.load(Ordering::Relaxed);
     let total = rate * secs;
@@ -538,6 +582,7 @@ async fn bench() {
     });
     let mut req_run = HashMap::new();
     let mut sus_refused = 0;
+    let mut refusal = None;
     let mut buf = Vec::new();
     while (req_run.len() + sus_refused) < total as usize {
         buf.clear();
@@ -548,7 +593,10 @@ async fn bench() {
                 Some(r) => {
                     req_run.insert(r, i);
                 }
-                None => sus_refused += 1,
+                None => {
+                    sus_refused += 1;
+                    refusal.get_or_insert_with(|| v["error"]["code"].to_string());
+                }
             }
         }
     }
@@ -570,6 +618,14 @@ async fn bench() {
         .filter_map(|(r, i)| Some(*ended.get(r)? - sent[i]))
         .collect();
     let rss_after = rss_kib(d.pid());
+    let cpu_daemon = cpu_secs(d.pid()).0 - cpu0;
+    let (mut cpu_rt, mut cpu_scripts) = (0.0, 0.0);
+    for (p, (own, kids)) in &rts0 {
+        let (o, k) = cpu_secs(*p);
+        cpu_rt += o - own;
+        cpu_scripts += k - kids;
+    }
+    let sus_wall = t_sus.elapsed().as_secs_f64();
     let final_lagged = seen.lagged.load(Ordering::Relaxed);
     drop(c);
     drop(d);
@@ -678,8 +734,9 @@ async fn bench() {
     row(
         &format!("sustained {rate}/s /bin/true for {secs} s: achieved"),
         &format!(
-            "{:.0}/s, {sus_refused} refused, {sus_failed} failed",
-            total as f64 / launched_in.as_secs_f64()
+            "{:.0}/s, {sus_refused} refused{}, {sus_failed} failed",
+            total as f64 / launched_in.as_secs_f64(),
+            refusal.map_or(String::new(), |r| format!(" ({r})"))
         ),
         &format!("{:.0}/s fork+exec+wait loop", 1.0 / base_true.as_secs_f64()),
         None,
@@ -690,6 +747,18 @@ async fn bench() {
         &format!("{} / {}", fmt(l50), fmt(l99)),
         &format!("{} fork+exec+wait", fmt(base_true)),
         Some(l50.as_secs_f64() / base_true.as_secs_f64()),
+        "",
+    );
+    row(
+        "sustained: CPU, share of one core",
+        &format!(
+            "daemon {:.0}%, exec runtimes {:.0}%, scripts {:.0}%",
+            100.0 * cpu_daemon / sus_wall,
+            100.0 * cpu_rt / sus_wall,
+            100.0 * cpu_scripts / sus_wall
+        ),
+        "2 cores on this machine",
+        None,
         "",
     );
     row(

@@ -157,10 +157,13 @@ impl Inner {
         plan: &StartPlan,
     ) -> Result<Arc<Conn>, NoRuntime> {
         if plan.runtime.threading == Threading::Single {
-            return self
-                .clone()
-                .start_conn(plan.runtime.clone(), plan.os.clone(), run)
-                .await;
+            // Boxed: starting a runtime is a large future, and every run waiting for a
+            // runtime (10,000 in a burst) would otherwise carry room for it.
+            return Box::pin(
+                self.clone()
+                    .start_conn(plan.runtime.clone(), plan.os.clone(), run),
+            )
+            .await;
         }
         let key = PoolKey::of(plan);
         let cap = capacity(&plan.runtime, &self.config());

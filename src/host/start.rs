@@ -61,7 +61,10 @@ pub(crate) fn on_reply(t: &mut Table, run: RunId, reply: &Reply, who: &str) -> E
 
 /// Finds or starts the runtime (6.2.1), then sends `start`.
 pub(super) async fn drive(inner: Arc<Inner>, run: RunId, plan: StartPlan) {
-    let conn: Arc<Conn> = match inner.clone().conn_for(run, &plan).await {
+    // The futures of finding a runtime and of sending are boxed: a run waits here for
+    // admission (see START_WINDOW), and 10,000 waiting runs should each hold only what
+    // they need while waiting, not room for the largest step.
+    let conn: Arc<Conn> = match Box::pin(inner.clone().conn_for(run, &plan)).await {
         Ok(c) => c,
         Err(e) => {
             let mut t = inner.table.lock().expect("table lock");
@@ -87,9 +90,8 @@ pub(super) async fn drive(inner: Arc<Inner>, run: RunId, plan: StartPlan) {
     };
     let id = conn.id;
     let check = || precondition(&mut inner.table.lock().expect("table lock"), run, id);
-    inner
-        .send_if(&conn, Pending::Start(run), check, |id| {
-            command(id, run, script, profile, argument)
-        })
-        .await;
+    Box::pin(inner.send_if(&conn, Pending::Start(run), check, |id| {
+        command(id, run, script, profile, argument)
+    }))
+    .await;
 }
