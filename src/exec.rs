@@ -580,9 +580,14 @@ fn spawn_script(
         .stderr(Stdio::piped())
         .process_group(0);
     let raw = report_w.as_raw_fd();
+    let nofile = crate::fdlimit::inherited_soft();
     // SAFETY: only async-signal-safe calls on an fd owned by the closure.
     unsafe {
         cmd.pre_exec(move || {
+            // Scripts get the open-file limit the runtime started with, not its raised one.
+            if let Some(soft) = nofile {
+                crate::fdlimit::restore_in_child(soft)?;
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
                 return Err(io::Error::last_os_error());
             }

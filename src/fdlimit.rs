@@ -11,7 +11,8 @@
 //! may use `select()` (Tcl's notifier does), which breaks on descriptors past 1024, and it
 //! should see what it would see without smx. An OS profile's `rlimits.nofile` still sets
 //! both limits explicitly. The exec runtime raises its own limit again, because it holds
-//! descriptors for each script it runs.
+//! descriptors for each script it runs, and its scripts get the one it started with back
+//! ([`restore_in_child`]).
 
 use std::io;
 use std::sync::OnceLock;
@@ -78,6 +79,27 @@ pub fn inherited_soft() -> Option<u64> {
         .get()
         .filter(|l| l.soft_at_start < l.soft)
         .map(|l| l.soft_at_start)
+}
+
+/// In a forked child before exec: sets the soft RLIMIT_NOFILE back to `soft` (from
+/// [`inherited_soft`], read in the parent), keeping the hard limit. Async-signal-safe:
+/// two system calls, no allocation.
+pub fn restore_in_child(soft: u64) -> io::Result<()> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        l.rlim_cur = soft.min(l.rlim_max);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &l) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

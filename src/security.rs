@@ -524,13 +524,8 @@ fn child_setup(plan: &ChildPlan) -> io::Result<()> {
             check(5, libc::setrlimit(res as _, &lim))?;
         }
         if let Some(soft) = nofile_soft {
-            let mut lim = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            check(5, libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
-            lim.rlim_cur = soft.min(lim.rlim_max);
-            check(5, libc::setrlimit(libc::RLIMIT_NOFILE, &lim))?;
+            crate::fdlimit::restore_in_child(soft)
+                .map_err(|e| step_err(5, e.raw_os_error().unwrap_or(libc::EINVAL)))?;
         }
         if let Some(root) = chroot {
             check(6, libc::chroot(root.as_ptr()))?;

@@ -934,7 +934,8 @@ fn nofile_of(pid: u32) -> (u64, u64) {
 
 /// The daemon raises its soft open-file limit to the hard one at start; a runtime it
 /// starts gets the soft limit the daemon was started with (a runtime may use select()),
-/// except the exec runtime, which raises its own because it holds descriptors per script.
+/// except the exec runtime, which raises its own because it holds descriptors per script;
+/// its scripts get the original back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root"]
 async fn the_daemon_raises_its_open_file_limit_and_runtimes_get_the_original() {
@@ -955,6 +956,13 @@ async fn the_daemon_raises_its_open_file_limit_and_runtimes_get_the_original() {
     let sh_rt = pid(c.ok(json!({"op": "run", "run_id": sh})).await);
     assert_eq!(nofile_of(py_rt), (1024, 8192), "the python runtime");
     assert_eq!(nofile_of(sh_rt), (8192, 8192), "the exec runtime");
+    let scripts = common::children(sh_rt);
+    assert_eq!(scripts.len(), 1, "{scripts:?}");
+    assert_eq!(
+        nofile_of(scripts[0]),
+        (1024, 8192),
+        "a script of the exec runtime"
+    );
 }
 
 /// The event stream keeps up with a burst: 10,000 launches pipelined into the daemon,
