@@ -461,6 +461,7 @@ async fn bench() {
         move |s: &str| json!({"op": "launch", "owner": me, "script": s})
     };
     let reqs: Vec<Value> = (0..n).map(|_| launch(&script)).collect();
+    let burst_cpu0 = cpu_secs(d.pid()).0;
     let t0 = Instant::now();
     let (replies, replied) = pipeline(&d.socket, reqs).await;
     let refused = replies.iter().filter(|r| r["ok"] != true).count();
@@ -474,7 +475,10 @@ async fn bench() {
     .await;
     let launch_time = replied - t0;
     let exec_time = all_exec - t0;
+    let burst_cpu = cpu_secs(d.pid()).0 - burst_cpu0;
     let stats = c.call(json!({"op": "stats"})).await;
+    // The exec runtimes started during the burst: all their CPU time is the burst's.
+    let burst_rt_cpu: f64 = runtime_pids(&stats).iter().map(|p| cpu_secs(*p).0).sum();
     let failed_early = seen.terminated.load(Ordering::Relaxed);
     let executing = seen.executing.load(Ordering::Relaxed);
 
@@ -665,6 +669,17 @@ async fn bench() {
         "",
         None,
         "0",
+    );
+    row(
+        "burst: CPU, share of one core until all executing",
+        &format!(
+            "daemon {:.0}%, exec runtimes {:.0}%",
+            100.0 * burst_cpu / exec_time.as_secs_f64(),
+            100.0 * burst_rt_cpu / exec_time.as_secs_f64()
+        ),
+        "",
+        None,
+        "",
     );
     row(
         "daemon RSS, all live",
