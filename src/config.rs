@@ -125,6 +125,11 @@ pub struct RuntimeSpec {
     /// smExtsnTable: language extensions (packages such as Tnm for Tcl) this runtime offers.
     #[serde(default)]
     pub language_extensions: Vec<LanguageExtension>,
+    /// Most runs one process of this runtime serves (multi-threaded runtimes); past it
+    /// another process of the same runtime, OS profile and owner is started. Defaults to
+    /// `[host] max_runs_per_runtime`.
+    #[serde(default)]
+    pub max_runs: Option<std::num::NonZeroUsize>,
 }
 
 /// A text that must fit an SnmpAdminString column of at most `N` octets.
@@ -455,6 +460,11 @@ pub struct HostSettings {
     pub shutdown_grace: Duration,
     /// Most runs that may be active (not terminated) at once.
     pub max_active_runs: usize,
+    /// Most runs one multi-threaded runtime process serves, unless its `[[runtime]]`
+    /// says `max_runs`: past it another process of the same key is started. Sized for
+    /// the exec runtime, which holds a few descriptors per script: 4096 of them fit the
+    /// usual hard RLIMIT_NOFILE.
+    pub max_runs_per_runtime: std::num::NonZeroUsize,
     /// Most terminated runs kept; beyond it the oldest are removed before their expire time.
     pub max_finished_runs: usize,
     /// Where the Script MIB's rows are kept across restarts (`smx.db` inside); `None` keeps
@@ -477,6 +487,7 @@ impl Default for HostSettings {
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
             max_active_runs: 1024,
+            max_runs_per_runtime: std::num::NonZeroUsize::new(4096).expect("not zero"),
             max_finished_runs: 100_000,
             state_dir: None,
             fetch_timeout: Duration::from_secs(30),
@@ -495,6 +506,7 @@ struct HostSection {
     idle_timeout: Option<Dur>,
     shutdown_grace: Option<Dur>,
     max_active_runs: Option<usize>,
+    max_runs_per_runtime: Option<std::num::NonZeroUsize>,
     max_finished_runs: Option<usize>,
     state_dir: Option<AbsPath>,
     fetch_timeout: Option<Dur>,
@@ -986,6 +998,9 @@ impl Config {
             ),
             Some(v) => d.max_active_runs = v,
             None => {}
+        }
+        if let Some(v) = h.max_runs_per_runtime {
+            d.max_runs_per_runtime = v;
         }
         if let Some(v) = h.max_finished_runs {
             d.max_finished_runs = v;

@@ -454,6 +454,7 @@ pub async fn run(opts: &Options, print: bool) -> Vec<Outcome> {
             vendor: None,
             revision: Default::default(),
             language_extensions: Vec::new(),
+            max_runs: None,
         },
         config_dir: None,
     };

@@ -880,30 +880,19 @@ fn write_now(w: &std::fs::File, bytes: &[u8]) -> Option<Vec<u8>> {
     (n < bytes.len()).then(|| bytes[n..].to_vec())
 }
 
-/// Raises the soft fd limit to the hard one (a live script holds three of our fds) and
-/// returns the limit as it was, for the scripts.
+/// Raises the soft fd limit to the hard one (a live script holds three of our fds; see
+/// [`crate::fdlimit`]) and returns the limit the runtime started with, for the scripts.
 fn raise_nofile() -> Option<libc::rlimit> {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
-            return None;
-        }
-        let raised = libc::rlimit {
-            rlim_cur: l.rlim_max,
-            rlim_max: l.rlim_max,
-        };
-        if l.rlim_cur < l.rlim_max && libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-            tracing::warn!(
-                "cannot raise the soft fd limit: {}",
-                io::Error::last_os_error()
-            );
+    match crate::fdlimit::raise_nofile() {
+        Ok(l) => Some(libc::rlimit {
+            rlim_cur: l.soft_at_start,
+            rlim_max: l.hard,
+        }),
+        Err(e) => {
+            tracing::warn!("cannot raise the soft fd limit: {e}");
+            None
         }
     }
-    Some(l)
 }
 
 /// Where the runs' cgroups go: the cgroup the host made for this runtime (`SMX_CGROUP`,

@@ -7,6 +7,7 @@
 //! - [`security`]: OS security profiles applied to runtime processes.
 //! - [`storage`]: the script storage the host writes and runtimes read.
 //! - [`exec`]: the built-in runtime for executable files.
+//! - [`fdlimit`]: the open-file limit of smx's processes and what their children get.
 //! - [`conform`]: the conformance suite for any runtime (`smx conform`).
 //! - [`control`]: the daemon and its local control protocol; [`client`] talks to it.
 
@@ -17,6 +18,7 @@ pub mod conform;
 pub mod contain;
 pub mod control;
 pub mod exec;
+pub mod fdlimit;
 pub mod framing;
 pub mod host;
 pub mod mib;

@@ -412,6 +412,14 @@ impl Prepared {
             parent: std::process::id() as libc::pid_t,
             cookie,
             rlimits: self.rlimits.clone(),
+            // The soft open-file limit the host started with, unless the profile sets one
+            // (see crate::fdlimit: runtimes do not inherit the host's raised limit).
+            nofile_soft: crate::fdlimit::inherited_soft().filter(|_| {
+                !self
+                    .rlimits
+                    .iter()
+                    .any(|(r, _)| *r == nix::sys::resource::Resource::RLIMIT_NOFILE)
+            }),
             chroot: self.chroot_c.clone(),
             // Switching to the identity the host already has changes nothing, and an
             // unprivileged host could not do it (setgroups needs CAP_SETGID): skip it.
@@ -434,6 +442,8 @@ struct ChildPlan {
     parent: libc::pid_t,
     cookie: Option<OwnedFd>,
     rlimits: Vec<(nix::sys::resource::Resource, u64)>,
+    /// A soft RLIMIT_NOFILE to set (the hard limit stays).
+    nofile_soft: Option<u64>,
     chroot: Option<CString>,
     /// The identity to switch to, `None` to keep the current one.
     identity: Option<Identity>,
@@ -460,6 +470,7 @@ fn child_setup(plan: &ChildPlan) -> io::Result<()> {
         parent,
         ref cookie,
         ref rlimits,
+        nofile_soft,
         ref chroot,
         ref identity,
         no_new_privs,
@@ -511,6 +522,10 @@ fn child_setup(plan: &ChildPlan) -> io::Result<()> {
                 rlim_max: v as libc::rlim_t,
             };
             check(5, libc::setrlimit(res as _, &lim))?;
+        }
+        if let Some(soft) = nofile_soft {
+            crate::fdlimit::restore_in_child(soft)
+                .map_err(|e| step_err(5, e.raw_os_error().unwrap_or(libc::EINVAL)))?;
         }
         if let Some(root) = chroot {
             check(6, libc::chroot(root.as_ptr()))?;

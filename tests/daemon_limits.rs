@@ -92,6 +92,8 @@ struct Daemon {
     dir: PathBuf,
     socket: PathBuf,
     config: PathBuf,
+    /// Extra `[host]` settings of its config.
+    host: String,
     /// The last lines of its log (bounded: a daemon that floods its log must not grow
     /// the test), and how many lines there were in all.
     log: Arc<Mutex<(VecDeque<String>, usize)>>,
@@ -99,13 +101,14 @@ struct Daemon {
 
 /// The config: storage in `dir`, the exec runtime, the invoking user's name mapped to an
 /// OS profile running as that user, and `control` as the `[control]` section.
-fn config_text(dir: &Path, control: &str) -> String {
+fn config_text(dir: &Path, host: &str, control: &str) -> String {
     format!(
         r#"[host]
 storage = {storage:?}
 hello_timeout = "5s"
 command_timeout = "5s"
 shutdown_grace = "2s"
+{host}
 
 [control]
 {control}
@@ -138,6 +141,12 @@ impl Daemon {
 
     /// A daemon whose RLIMIT_NOFILE is `nofile` (soft and hard), if given.
     fn start_with(control: &str, nofile: Option<u64>) -> Daemon {
+        Daemon::start_full("", control, nofile.map(|n| (n, n)))
+    }
+
+    /// A daemon with extra `[host]` settings `host`, started with RLIMIT_NOFILE
+    /// `(soft, hard)` if given.
+    fn start_full(host: &str, control: &str, nofile: Option<(u64, u64)>) -> Daemon {
         let tmp = tempfile::Builder::new()
             .prefix("smx-limits-test-")
             .tempdir_in("/tmp")
@@ -145,7 +154,7 @@ impl Daemon {
         let dir = tmp.path().to_owned();
         let config = dir.join("smx.toml");
         let socket = dir.join("smx.sock");
-        std::fs::write(&config, config_text(&dir, control)).unwrap();
+        std::fs::write(&config, config_text(&dir, host, control)).unwrap();
         let mut cmd = Command::new(smx_bin());
         cmd.args(["-v", "daemon", "--config"])
             .arg(&config)
@@ -157,13 +166,13 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some(n) = nofile {
+        if let Some((soft, hard)) = nofile {
             // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
                     let lim = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
+                        rlim_cur: soft,
+                        rlim_max: hard,
                     };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
@@ -193,6 +202,7 @@ impl Daemon {
             dir,
             socket,
             config,
+            host: host.to_owned(),
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -242,7 +252,7 @@ impl Daemon {
     async fn reload(&self, control: &str) {
         let before = self.log_count("configuration reloaded");
         let tmp = self.dir.join("smx.toml.new");
-        std::fs::write(&tmp, config_text(&self.dir, control)).unwrap();
+        std::fs::write(&tmp, config_text(&self.dir, &self.host, control)).unwrap();
         std::fs::rename(&tmp, &self.config).unwrap();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.pid() as i32),
@@ -826,4 +836,204 @@ async fn at_eof_acting_requests_are_answered_and_waits_dropped() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     c.ok(json!({"op": "abort", "run_id": b})).await;
+}
+
+/// A host that runs out of descriptors starting runtimes ends the runs it cannot serve
+/// with noResourcesLeft (RFC 3165 smRunExitCode) and says why in smRunError; it never
+/// leaves them waiting, and once descriptors are free again launches succeed. One run per
+/// runtime process, so every launch needs new pipes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn running_out_of_descriptors_is_a_per_run_error_not_a_stall() {
+    need_root!();
+    let _serial = serial().await;
+    let d = Daemon::start_full(
+        "max_runs_per_runtime = 1\nmax_active_runs = 200\nidle_timeout = \"1s\"",
+        "",
+        Some((64, 64)),
+    );
+    let mut c = d.raw().await;
+    let s = c.install("sleep.sh", SLEEPER).await;
+    let mut runs = Vec::new();
+    for _ in 0..40 {
+        runs.push(c.launch(&s).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let infos = loop {
+        let mut infos = Vec::new();
+        for r in &runs {
+            infos.push(c.ok(json!({"op": "run", "run_id": r})).await);
+        }
+        if infos
+            .iter()
+            .all(|i| i["state"] == "executing" || i["state"] == "terminated")
+        {
+            break infos;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "runs left waiting: {:?}",
+            infos
+                .iter()
+                .filter(|i| i["state"] != "executing" && i["state"] != "terminated")
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let executing = infos.iter().filter(|i| i["state"] == "executing").count();
+    let failed: Vec<_> = infos
+        .iter()
+        .filter(|i| i["state"] == "terminated")
+        .collect();
+    eprintln!("{executing} executing, {} failed", failed.len());
+    assert!(executing > 0, "{infos:?}");
+    assert!(!failed.is_empty(), "64 descriptors held 40 runtimes?");
+    for f in &failed {
+        assert_eq!(f["exit_code"], "noResourcesLeft", "{f}");
+        assert!(
+            f["error"].as_str().unwrap().contains("Too many open files"),
+            "{f}"
+        );
+    }
+
+    // Free the descriptors: abort every run, wait for the idle runtimes to close.
+    for (r, i) in runs.iter().zip(&infos) {
+        if i["state"] == "executing" {
+            c.ok(json!({"op": "abort", "run_id": r})).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = c.ok(json!({"op": "stats"})).await;
+        if st["runtime_processes"]
+            .as_array()
+            .is_some_and(|p| p.is_empty())
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "runtimes left: {st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = c.launch(&s).await;
+    c.reach(again, "executing").await;
+}
+
+/// The soft and hard "Max open files" of a process, from /proc/<pid>/limits.
+fn nofile_of(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let l = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let v: Vec<u64> = l
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (v[0], v[1])
+}
+
+/// The daemon raises its soft open-file limit to the hard one at start; a runtime it
+/// starts gets the soft limit the daemon was started with (a runtime may use select()),
+/// except the exec runtime, which raises its own because it holds descriptors per script;
+/// its scripts get the original back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn the_daemon_raises_its_open_file_limit_and_runtimes_get_the_original() {
+    need_root!();
+    let _serial = serial().await;
+    let d = Daemon::start_full("", "", Some((1024, 8192)));
+    assert_eq!(nofile_of(d.pid()), (8192, 8192));
+    let mut c = d.raw().await;
+    let py = c
+        .install("sleep.py", "import time\ntime.sleep(600)\n")
+        .await;
+    let sh = c.install("sleep.sh", SLEEPER).await;
+    let (py, sh) = (c.launch(&py).await, c.launch(&sh).await);
+    c.reach(py, "executing").await;
+    c.reach(sh, "executing").await;
+    let pid = |r: Value| r["runtime_pid"].as_u64().unwrap() as u32;
+    let py_rt = pid(c.ok(json!({"op": "run", "run_id": py})).await);
+    let sh_rt = pid(c.ok(json!({"op": "run", "run_id": sh})).await);
+    assert_eq!(nofile_of(py_rt), (1024, 8192), "the python runtime");
+    assert_eq!(nofile_of(sh_rt), (8192, 8192), "the exec runtime");
+    let scripts = common::children(sh_rt);
+    assert_eq!(scripts.len(), 1, "{scripts:?}");
+    assert_eq!(
+        nofile_of(scripts[0]),
+        (1024, 8192),
+        "a script of the exec runtime"
+    );
+}
+
+/// The event stream keeps up with a burst: 10,000 launches pipelined into the daemon,
+/// each run started and finished at once by the runtime, and a subscriber that reads as
+/// fast as it can sees every `launched` and every `terminated` event and never `lagged`
+/// (the AgentX subagent turns these into smScriptAbort/smScriptResult traps, RFC 3165).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn a_subscriber_that_reads_keeps_up_with_a_burst_of_ten_thousand_runs() {
+    need_root!();
+    let _serial = serial().await;
+    const N: u64 = 10_000;
+    // Tables after `[control]`'s keys: the fake runtime, finishing every run at once.
+    let fake = format!(
+        "\n[[runtime]]\nname = \"fake\"\ncommand = [\"python3\", {:?}, \"--start\", \"finish\"]\n\
+         extensions = [\"fake\"]\nprofiles = [\"trusted\"]\n",
+        common::fixture("fake_runtime.py")
+    );
+    let d = Daemon::start_full("max_active_runs = 20000", &fake, None);
+    let mut c = d.raw().await;
+    let s = c.install("x.fake", "script").await;
+    let mut sub = d.raw().await;
+    sub.ok(json!({"op": "subscribe"})).await;
+
+    let (ok, (launched, terminated, lagged)) = tokio::join!(
+        async {
+            let mut reqs = Vec::new();
+            for i in 0..N {
+                let mut l = serde_json::to_vec(
+                    &json!({"op": "launch", "owner": me(), "script": s, "id": i}),
+                )
+                .unwrap();
+                l.push(b'\n');
+                reqs.extend_from_slice(&l);
+            }
+            c.w.write_all(&reqs).await.unwrap();
+            let mut ok = 0;
+            for _ in 0..N {
+                let r = c.line().await.expect("a reply");
+                assert_eq!(r["ok"], true, "{r}");
+                ok += 1;
+            }
+            ok
+        },
+        async {
+            let (mut launched, mut terminated, mut lagged) = (0u64, 0u64, 0u64);
+            while terminated < N {
+                let v = sub.line().await.expect("the stream stays open");
+                if let Some(n) = v.get("lagged") {
+                    lagged += n.as_u64().unwrap();
+                    break;
+                }
+                match v["event"]["event"].as_str() {
+                    Some("launched") => launched += 1,
+                    Some("terminated") => {
+                        assert_eq!(v["event"]["exit_code"], "noError", "{v}");
+                        terminated += 1
+                    }
+                    _ => {}
+                }
+            }
+            (launched, terminated, lagged)
+        }
+    );
+    eprintln!(
+        "{ok} launched; events: {launched} launched, {terminated} terminated, lagged {lagged}"
+    );
+    assert_eq!(ok, N);
+    assert_eq!(
+        lagged, 0,
+        "a subscriber reading as fast as it can lost events"
+    );
+    assert_eq!((launched, terminated), (N, N));
 }

@@ -897,3 +897,57 @@ async fn a_burst_of_launches_on_a_slow_runtime_fails_none() {
     );
     host.shutdown().await;
 }
+
+// ---- scale: more than one runtime process per pool key ----
+
+/// RFC 3179 6.2.1 reuses a running runtime; a full one (at `max_runs_per_runtime`) is a
+/// reason to start another process of the same runtime, OS profile and owner, never to
+/// fail or hold the run. A run launched once there is room again goes to a process that
+/// has room rather than to a third one.
+#[tokio::test]
+async fn a_full_runtime_process_is_a_reason_to_start_another() {
+    let mut c = config("");
+    c.host.max_runs_per_runtime = std::num::NonZeroUsize::new(2).unwrap();
+    let host = smx::host::Host::new(c, smx::storage::Storage::temporary().unwrap());
+    let s = install(&host, "sleep.sh", "#!/bin/sh\nexec sleep 600\n", true);
+    let runs: Vec<_> = (0..3)
+        .map(|_| host.launch(request(&s, Some("exec"))).unwrap())
+        .collect();
+    let mut pids = Vec::new();
+    for r in &runs {
+        let info = reach(&host, *r, RunState::Executing).await;
+        pids.push(info.runtime_pid.expect("a runtime pid"));
+    }
+    let mut distinct = pids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 2, "3 runs at 2 per process: {pids:?}");
+    let mut per: Vec<usize> = host
+        .stats()
+        .runtime_processes
+        .iter()
+        .map(|p| p.runs)
+        .collect();
+    per.sort();
+    assert_eq!(per, [1, 2], "{:?}", host.stats().runtime_processes);
+
+    // Room again in the first process: the next run goes there, no third process.
+    let full = pids
+        .iter()
+        .copied()
+        .find(|p| pids.iter().filter(|q| *q == p).count() == 2)
+        .unwrap();
+    let leaving = runs[pids.iter().position(|p| *p == full).unwrap()];
+    host.abort(leaving).await.unwrap();
+    finish(&host, leaving, 10).await;
+    let next = host.launch(request(&s, Some("exec"))).unwrap();
+    let info = reach(&host, next, RunState::Executing).await;
+    assert!(
+        distinct.contains(&info.runtime_pid.unwrap()),
+        "{:?} not one of {distinct:?}",
+        info.runtime_pid
+    );
+    assert_eq!(host.stats().runtime_processes.len(), 2);
+    assert_eq!(host.stats().runtimes_started, 2);
+    host.shutdown().await;
+}

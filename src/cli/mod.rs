@@ -267,7 +267,28 @@ fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Raises the soft open-file limit of a process that holds descriptors per runtime or per
+/// script (see smx::fdlimit); a failure leaves the limit as it was and is only logged. A
+/// low limit is worth a warning in the host only: an OS profile's `rlimits.nofile` sets
+/// the exec runtime's on purpose.
+fn raise_nofile(host: bool) {
+    match smx::fdlimit::raise_nofile() {
+        Ok(l) if host && l.soft < 4096 => tracing::warn!(
+            soft = l.soft,
+            hard = l.hard,
+            "the open-file limit is low: few scripts can run at once"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
+}
+
 pub fn dispatch(cli: Cli) -> anyhow_lite::Result<ExitCode> {
+    match cli.command {
+        Verb::Run(_) | Verb::Daemon { .. } => raise_nofile(true),
+        Verb::ExecRuntime { .. } => raise_nofile(false),
+        _ => {}
+    }
     match cli.command {
         Verb::Run(args) => current_thread()?.block_on(run::run(args)),
         Verb::Conform(args) => current_thread()?.block_on(conform::conform(args)),

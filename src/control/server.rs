@@ -483,14 +483,24 @@ fn ok<T: Serialize>(v: T) -> Reply {
 }
 
 fn line<T: Serialize>(v: &T) -> String {
-    let mut s = serde_json::to_string(v).unwrap_or_else(|e| {
-        format!(
+    let mut s = String::new();
+    push_line(&mut s, v);
+    s
+}
+
+/// Appends `v` as one JSON line to `s`.
+fn push_line<T: Serialize>(s: &mut String, v: &T) {
+    let start = s.len();
+    // SAFETY: serde_json writes valid UTF-8; on error what it wrote is cut off again.
+    let buf = unsafe { s.as_mut_vec() };
+    if let Err(e) = serde_json::to_writer(&mut *buf, v) {
+        buf.truncate(start);
+        s.push_str(&format!(
             r#"{{"ok":false,"error":{{"code":"internal","message":{:?}}}}}"#,
             e.to_string()
-        )
-    });
+        ));
+    }
     s.push('\n');
-    s
 }
 
 /// Most requests one connection may have in flight.
@@ -1285,6 +1295,12 @@ async fn detached<T: Send + 'static>(
         .map_err(|e| fail(ErrorCode::Internal, e.to_string()))
 }
 
+/// Most events a subscription takes off the bus at once. Small enough that what a batch
+/// holds (it keeps the events alive) stays bounded with 64 KiB results: 4 MiB.
+const EVENT_BATCH: usize = 64;
+/// A subscription's outbox entry is cut after this many bytes of event lines.
+const EVENT_CHUNK: usize = 64 * 1024;
+
 /// An event line, serialized from the bus's shared copy (no copy per subscriber).
 #[derive(Serialize)]
 struct EventLine<'a> {
@@ -1309,28 +1325,45 @@ fn subscribe(
     let token = conn.passive.child_token();
     let (out, stop) = (conn.out.clone(), token.clone());
     let task = conn.tasks.spawn(async move {
+        let mut batch = Vec::with_capacity(EVENT_BATCH);
         loop {
-            let Some(got) = stop.run_until_cancelled(events.recv_shared()).await else {
+            batch.clear();
+            let Some(got) = stop
+                .run_until_cancelled(events.recv_batch(EVENT_BATCH, &mut batch))
+                .await
+            else {
                 break;
             };
-            let l = match got {
-                Ok(e) => {
-                    let visible = peer.may_act_for(&e.owner)
-                        && owner.as_ref().is_none_or(|o| *o == e.owner)
-                        && run.is_none_or(|r| r == e.run_id);
-                    if !visible {
-                        continue;
+            // The events waiting go out in few outbox entries (one allocation and one
+            // wake-up of the writer for many lines), so a subscriber keeps up with a burst.
+            let mut chunks = Vec::new();
+            match got {
+                Ok(()) => {
+                    let mut lines = String::new();
+                    for e in batch.drain(..) {
+                        let visible = peer.may_act_for(&e.owner)
+                            && owner.as_ref().is_none_or(|o| *o == e.owner)
+                            && run.is_none_or(|r| r == e.run_id);
+                        if visible {
+                            push_line(&mut lines, &EventLine { event: &e });
+                        }
+                        if lines.len() >= EVENT_CHUNK {
+                            chunks.push(std::mem::take(&mut lines));
+                        }
                     }
-                    line(&EventLine { event: &e })
+                    if !lines.is_empty() {
+                        chunks.push(lines);
+                    }
                 }
                 // A subscriber whose client reads slowly waits here (the outbox is full)
                 // while the bus drops what it cannot keep: the client is told how many.
-                Err(RecvError::Lagged(n)) => line(&ServerLine::Lagged { lagged: n }),
+                Err(RecvError::Lagged(n)) => chunks.push(line(&ServerLine::Lagged { lagged: n })),
                 Err(RecvError::Closed) => break,
-            };
-            match stop.run_until_cancelled(out.send(l)).await {
-                Some(Ok(())) => {}
-                _ => break,
+            }
+            for c in chunks {
+                if !matches!(stop.run_until_cancelled(out.send(c)).await, Some(Ok(()))) {
+                    return;
+                }
             }
         }
     });

@@ -258,6 +258,28 @@ impl Subscriber {
         }
     }
 
+    /// Waits for at least one event, then appends to `out` every event waiting, up to
+    /// `max`, under one lock: a reader that forwards events (the daemon's subscription)
+    /// pays the lock and the wake-up once per batch, not once per event, which is what
+    /// lets it keep up with a burst. A lag is reported before the events after it.
+    pub async fn recv_batch(
+        &mut self,
+        max: usize,
+        out: &mut Vec<Arc<Event>>,
+    ) -> Result<(), RecvError> {
+        loop {
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.shared.take_many(&mut self.next, max.max(1), out) {
+                Ok(()) => return Ok(()),
+                Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => return Err(RecvError::Closed),
+                Err(TryRecvError::Empty) => notified.await,
+            }
+        }
+    }
+
     /// The next event if one is waiting.
     pub fn try_recv(&mut self) -> Result<Event, TryRecvError> {
         self.shared.take(&mut self.next).map(Arc::unwrap_or_clone)
@@ -289,6 +311,41 @@ impl Shared {
             r.release_read();
         }
         Ok(e)
+    }
+}
+
+impl Shared {
+    /// Up to `max` events from cursor `next` (advancing it), at least one; or why none.
+    fn take_many(
+        &self,
+        next: &mut u64,
+        max: usize,
+        out: &mut Vec<Arc<Event>>,
+    ) -> Result<(), TryRecvError> {
+        let mut r = self.lock();
+        if *next < r.head {
+            let lost = r.head - *next;
+            *next = r.head;
+            return Err(TryRecvError::Lagged(lost));
+        }
+        let from = (*next - r.head) as usize;
+        if from >= r.slots.len() {
+            return Err(if r.closed {
+                TryRecvError::Closed
+            } else {
+                TryRecvError::Empty
+            });
+        }
+        let to = r.slots.len().min(from + max);
+        for slot in r.slots.range_mut(from..to) {
+            slot.unread -= 1;
+            out.push(slot.event.clone());
+        }
+        *next += (to - from) as u64;
+        if from == 0 {
+            r.release_read();
+        }
+        Ok(())
     }
 }
 
@@ -459,6 +516,32 @@ mod tests {
             assert_eq!(s.recv().await.unwrap().run_id, RunId(n));
         }
         assert_eq!(bus.retained(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_what_is_waiting_in_order_and_releases_it() {
+        let bus = EventBus::with_limits(100, usize::MAX);
+        let mut s = bus.subscribe();
+        for n in 0..10 {
+            bus.publish(state(n));
+        }
+        let mut got = Vec::new();
+        s.recv_batch(4, &mut got).await.unwrap();
+        s.recv_batch(100, &mut got).await.unwrap();
+        let ids: Vec<u64> = got.iter().map(|e| e.run_id.0).collect();
+        assert_eq!(ids, (0..10).collect::<Vec<_>>());
+        assert_eq!(bus.retained(), (0, 0), "read by the only subscriber");
+        for n in 10..250 {
+            bus.publish(state(n));
+        }
+        got.clear();
+        assert_eq!(
+            s.recv_batch(10, &mut got).await,
+            Err(RecvError::Lagged(140))
+        );
+        s.recv_batch(10, &mut got).await.unwrap();
+        assert_eq!(got[0].run_id, RunId(150));
+        assert_eq!(got.len(), 10);
     }
 
     #[tokio::test]

@@ -1,6 +1,8 @@
 //! The runtime pool (RFC 3179 section 6.2.1): which runtime process serves a run. A
 //! multi-threaded runtime is shared by the runs of one [`PoolKey`] (runtime, OS profile,
-//! owner, runtime profile) and started on first use; a single-threaded one is started for each run. Idle processes are closed: a
+//! owner, runtime profile) and started on first use, and another is started when every one
+//! of the key serves its [`capacity`]; a single-threaded one is started for each run. Idle
+//! processes are closed: a
 //! single-threaded one at once, a multi-threaded one after `idle_timeout`, and one whose
 //! definition changed in a reload as soon as it has no runs.
 
@@ -12,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::{OsProfileSpec, Registered, Threading};
-use crate::proto::RunId;
+use crate::proto::{ExitCode, RunId};
 use crate::security::Prepared;
 
 use super::Inner;
@@ -45,10 +47,13 @@ impl PoolKey {
 
 #[derive(Default)]
 pub(super) struct Pool {
-    /// Multi-threaded runtimes by [`PoolKey`]: 6.2.1 reuses a running one.
-    slots: HashMap<PoolKey, Slot>,
+    /// Multi-threaded runtimes by [`PoolKey`]: 6.2.1 reuses a running one, and starts
+    /// another of the same key when every one is full (see [`capacity`]).
+    slots: HashMap<PoolKey, Vec<Slot>>,
     /// Every live connection.
     pub conns: HashMap<ConnId, ConnEntry>,
+    /// Numbers the slots, to find one again after an await.
+    next_slot: u64,
 }
 
 pub(super) struct ConnEntry {
@@ -58,6 +63,7 @@ pub(super) struct ConnEntry {
 }
 
 struct Slot {
+    id: u64,
     runtime: Arc<Registered>,
     os: Option<Arc<OsProfileSpec>>,
     state: watch::Receiver<SlotState>,
@@ -67,42 +73,108 @@ struct Slot {
 enum SlotState {
     Starting,
     Ready(Arc<Conn>),
-    Failed(Arc<str>),
+    Failed(NoRuntime),
+}
+
+/// Why a run got no runtime connection: the smRunExitCode and smRunError it ends with.
+#[derive(Debug, Clone)]
+pub(super) struct NoRuntime {
+    /// noResourcesLeft when the host ran out of descriptors, processes or memory starting
+    /// the runtime; genericError otherwise.
+    pub exit: ExitCode,
+    pub message: Arc<str>,
+}
+
+impl NoRuntime {
+    fn generic(message: impl Into<Arc<str>>) -> NoRuntime {
+        NoRuntime {
+            exit: ExitCode::GenericError,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<spawn::StartError> for NoRuntime {
+    fn from(e: spawn::StartError) -> NoRuntime {
+        NoRuntime {
+            exit: if e.out_of_resources() {
+                ExitCode::NoResourcesLeft
+            } else {
+                ExitCode::GenericError
+            },
+            message: e.to_string().into(),
+        }
+    }
+}
+
+/// How many runs one process of `runtime` serves at most: its `max_runs`, else
+/// `[host] max_runs_per_runtime`. A runtime holds descriptors and memory per run, so one
+/// process cannot take every run; past this a new process of the same key is started.
+pub(super) fn capacity(runtime: &Registered, config: &crate::config::Config) -> usize {
+    runtime
+        .max_runs
+        .map_or(config.host.max_runs_per_runtime.get(), |n| n.get())
 }
 
 impl Pool {
     /// Forgets the slot of a connection (it is closing); no new run goes to it.
     pub fn unslot(&mut self, conn: &Arc<Conn>) {
-        self.slots.retain(
-            |_, s| !matches!(&*s.state.borrow(), SlotState::Ready(c) if Arc::ptr_eq(c, conn)),
-        );
+        for slots in self.slots.values_mut() {
+            slots.retain(|s| !s.serves(conn));
+        }
+        self.slots.retain(|_, v| !v.is_empty());
     }
 
     /// Forgets every slot (shutdown).
     pub fn clear_slots(&mut self) {
         self.slots.clear();
     }
+
+    /// Drops the slot numbered `id` of `key`, if it is still there.
+    fn remove_slot(&mut self, key: &PoolKey, id: u64) {
+        if let Some(v) = self.slots.get_mut(key) {
+            v.retain(|s| s.id != id);
+            if v.is_empty() {
+                self.slots.remove(key);
+            }
+        }
+    }
+}
+
+impl Slot {
+    fn serves(&self, conn: &Arc<Conn>) -> bool {
+        matches!(&*self.state.borrow(), SlotState::Ready(c) if Arc::ptr_eq(c, conn))
+    }
 }
 
 impl Inner {
     /// The connection a run goes to: a running multi-threaded runtime of the same
-    /// (runtime, OS profile), or a newly started one. The run is attached before return.
+    /// [`PoolKey`] with room for another run, or a newly started one. The run is attached
+    /// before return.
     pub(super) async fn conn_for(
         self: Arc<Self>,
         run: RunId,
         plan: &StartPlan,
-    ) -> Result<Arc<Conn>, String> {
+    ) -> Result<Arc<Conn>, NoRuntime> {
         if plan.runtime.threading == Threading::Single {
-            return self
-                .clone()
-                .start_conn(plan.runtime.clone(), plan.os.clone(), run)
-                .await;
+            // Boxed: starting a runtime is a large future, and every run waiting for a
+            // runtime (10,000 in a burst) would otherwise carry room for it.
+            return Box::pin(
+                self.clone()
+                    .start_conn(plan.runtime.clone(), plan.os.clone(), run),
+            )
+            .await;
         }
         let key = PoolKey::of(plan);
+        let cap = capacity(&plan.runtime, &self.config());
         loop {
             let mut rx = {
-                let mut pool = self.pool.lock().expect("pool lock");
-                let usable = pool.slots.get(&key).filter(|s| {
+                let mut guard = self.pool.lock().expect("pool lock");
+                let pool = &mut *guard;
+                let slots = pool.slots.entry(key.clone()).or_default();
+                // A runtime redefined by a reload, or one that failed or closed, takes no
+                // new runs (close_if_idle then closes it once its runs are done).
+                slots.retain(|s| {
                     *s.runtime == *plan.runtime
                         && s.os.as_deref() == plan.os.as_deref()
                         && match &*s.state.borrow() {
@@ -111,49 +183,56 @@ impl Inner {
                             SlotState::Failed(_) => false,
                         }
                 });
-                match usable {
-                    Some(slot) => {
-                        let ready = match &*slot.state.borrow() {
-                            SlotState::Ready(c) => Some(c.clone()),
-                            _ => None,
-                        };
-                        match ready {
-                            // Attached while the pool is locked, so an idle close cannot race.
-                            Some(c) => {
-                                return if self.attach(run, &c) {
-                                    Ok(c)
-                                } else {
-                                    Err(format!("{} closed", c.describe()))
-                                };
+                let mut starting = None;
+                let mut ready = None;
+                {
+                    let table = self.table.lock().expect("table lock");
+                    // The run that started a runtime was attached to it by start_conn.
+                    let mine = table.attached(run);
+                    for s in slots.iter() {
+                        match &*s.state.borrow() {
+                            SlotState::Ready(c)
+                                if mine == Some(c.id) || table.runs_on(c.id) < cap =>
+                            {
+                                ready = Some(c.clone());
+                                break;
                             }
-                            None => slot.state.clone(),
+                            SlotState::Starting if starting.is_none() => {
+                                starting = Some(s.state.clone())
+                            }
+                            _ => {}
                         }
                     }
+                }
+                if let Some(c) = ready {
+                    // Attached while the pool is locked, so an idle close cannot race.
+                    return if self.attach(run, &c) {
+                        Ok(c)
+                    } else {
+                        Err(NoRuntime::generic(format!("{} closed", c.describe())))
+                    };
+                }
+                match starting {
+                    // One that is starting may have room once it is ready.
+                    Some(rx) => rx,
                     None => {
                         let (tx, rx) = watch::channel(SlotState::Starting);
-                        pool.slots.insert(
-                            key.clone(),
-                            Slot {
-                                runtime: plan.runtime.clone(),
-                                os: plan.os.clone(),
-                                state: rx.clone(),
-                            },
-                        );
+                        let id = pool.next_slot;
+                        pool.next_slot += 1;
+                        slots.push(Slot {
+                            id,
+                            runtime: plan.runtime.clone(),
+                            os: plan.os.clone(),
+                            state: rx.clone(),
+                        });
                         let me = self.clone();
                         let (rt, os, key) = (plan.runtime.clone(), plan.os.clone(), key.clone());
                         self.spawn(async move {
                             let state = match me.clone().start_conn(rt, os, run).await {
                                 Ok(c) => SlotState::Ready(c),
-                                Err(m) => {
-                                    let mut pool = me.pool.lock().expect("pool lock");
-                                    if pool
-                                        .slots
-                                        .get(&key)
-                                        .is_some_and(|s| s.state.same_channel(&tx.subscribe()))
-                                    {
-                                        pool.slots.remove(&key);
-                                    }
-                                    SlotState::Failed(m.into())
+                                Err(e) => {
+                                    me.pool.lock().expect("pool lock").remove_slot(&key, id);
+                                    SlotState::Failed(e)
                                 }
                             };
                             tx.send_replace(state);
@@ -166,9 +245,11 @@ impl Inner {
                 .wait_for(|s| !matches!(s, SlotState::Starting))
                 .await
                 .map(|s| s.clone())
-                .unwrap_or_else(|_| SlotState::Failed("runtime start was cancelled".into()));
+                .unwrap_or_else(|_| {
+                    SlotState::Failed(NoRuntime::generic("runtime start was cancelled"))
+                });
             match state {
-                SlotState::Failed(m) => return Err(m.to_string()),
+                SlotState::Failed(e) => return Err(e),
                 // Loop to attach under the pool lock, so an idle close cannot race us.
                 _ => continue,
             }
@@ -182,7 +263,7 @@ impl Inner {
         runtime: Arc<Registered>,
         os: Option<Arc<OsProfileSpec>>,
         first: RunId,
-    ) -> Result<Arc<Conn>, String> {
+    ) -> Result<Arc<Conn>, NoRuntime> {
         // User and group lookups may block on NSS (LDAP, files on a slow disk).
         let spec = os.clone();
         let prepared = tokio::task::spawn_blocking(move || match spec.as_deref() {
@@ -190,12 +271,10 @@ impl Inner {
             None => Ok(Prepared::invoker()),
         })
         .await
-        .map_err(|e| format!("cannot start runtime {}: {e}", runtime.name))?
-        .map_err(|e| format!("cannot start runtime {}: {e}", runtime.name))?;
+        .map_err(|e| NoRuntime::generic(format!("cannot start runtime {}: {e}", runtime.name)))?
+        .map_err(|e| NoRuntime::generic(format!("cannot start runtime {}: {e}", runtime.name)))?;
         let hello_timeout = self.config().host.hello_timeout;
-        let started = spawn::start(&runtime, &prepared, hello_timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+        let started = spawn::start(&runtime, &prepared, hello_timeout).await?;
         self.runtimes_started.fetch_add(1, Ordering::Relaxed);
         let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
         let conn = Arc::new(Conn::new(
@@ -263,14 +342,12 @@ impl Inner {
         let in_slot = pool
             .slots
             .iter()
-            .find(
-                |(_, s)| matches!(&*s.state.borrow(), SlotState::Ready(c) if Arc::ptr_eq(c, conn)),
-            )
-            .map(|(k, s)| (k.clone(), s.runtime.clone(), s.os.clone()));
+            .find_map(|(k, v)| v.iter().find(|s| s.serves(conn)).map(|s| (k, s)))
+            .map(|(k, s)| (k.clone(), s.id, s.runtime.clone(), s.os.clone()));
         let close = match &in_slot {
             // Single-threaded runtimes are never pooled: one process per run.
             None => true,
-            Some((_, rt, os)) => {
+            Some((_, _, rt, os)) => {
                 let current = config.runtime(&rt.name.0);
                 let os_now = os.as_ref().and_then(|o| config.os_profiles.get(&o.name.0));
                 let stale =
@@ -279,8 +356,8 @@ impl Inner {
             }
         };
         if close {
-            if let Some((k, ..)) = in_slot {
-                pool.slots.remove(&k);
+            if let Some((k, id, ..)) = in_slot {
+                pool.remove_slot(&k, id);
             }
             conn.close();
         }

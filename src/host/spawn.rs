@@ -79,6 +79,21 @@ pub enum StartError {
     },
 }
 
+impl StartError {
+    /// Whether the host ran out of descriptors, processes or memory (EMFILE, ENFILE,
+    /// EAGAIN from fork, ENOMEM): the run ends with noResourcesLeft, not genericError.
+    pub fn out_of_resources(&self) -> bool {
+        let io = match self {
+            StartError::Spawn { source, .. } | StartError::Listener { source, .. } => source,
+            _ => return false,
+        };
+        matches!(
+            io.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
+        )
+    }
+}
+
 /// A started runtime with a completed handshake.
 pub(crate) struct Started {
     pub child: Child,

@@ -61,15 +61,18 @@ pub(crate) fn on_reply(t: &mut Table, run: RunId, reply: &Reply, who: &str) -> E
 
 /// Finds or starts the runtime (6.2.1), then sends `start`.
 pub(super) async fn drive(inner: Arc<Inner>, run: RunId, plan: StartPlan) {
-    let conn: Arc<Conn> = match inner.clone().conn_for(run, &plan).await {
+    // The futures of finding a runtime and of sending are boxed: a run waits here for
+    // admission (see START_WINDOW), and 10,000 waiting runs should each hold only what
+    // they need while waiting, not room for the largest step.
+    let conn: Arc<Conn> = match Box::pin(inner.clone().conn_for(run, &plan)).await {
         Ok(c) => c,
-        Err(msg) => {
+        Err(e) => {
             let mut t = inner.table.lock().expect("table lock");
             match t.aborting(run) {
                 Some(cause) => t.finish_abort(run, cause.exit_code(), None),
                 None => {
-                    t.terminate(run, Some(ExitCode::GenericError), Some(&msg));
-                    tracing::warn!(run = %run, "{msg}");
+                    t.terminate(run, Some(e.exit), Some(&e.message));
+                    tracing::warn!(run = %run, "{}", e.message);
                 }
             }
             return;
@@ -87,9 +90,8 @@ pub(super) async fn drive(inner: Arc<Inner>, run: RunId, plan: StartPlan) {
     };
     let id = conn.id;
     let check = || precondition(&mut inner.table.lock().expect("table lock"), run, id);
-    inner
-        .send_if(&conn, Pending::Start(run), check, |id| {
-            command(id, run, script, profile, argument)
-        })
-        .await;
+    Box::pin(inner.send_if(&conn, Pending::Start(run), check, |id| {
+        command(id, run, script, profile, argument)
+    }))
+    .await;
 }

@@ -622,6 +622,11 @@ impl Table {
         }
     }
 
+    /// The connection a run is attached to, if any.
+    pub fn attached(&self, id: RunId) -> Option<ConnId> {
+        self.runs.get(&id).and_then(|r| r.attached)
+    }
+
     /// How many runs are attached to a connection (0 also for an unknown one).
     pub fn runs_on(&self, conn: ConnId) -> usize {
         self.conns.get(&conn).map_or(0, |c| c.runs.len())
