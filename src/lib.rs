@@ -8,6 +8,7 @@
 //! - [`storage`]: the script storage the host writes and runtimes read.
 //! - [`exec`]: the built-in runtime for executable files.
 //! - [`conform`]: the conformance suite for any runtime (`smx conform`).
+//! - [`snmp`]: the AgentX subagent serving DISMAN-SCRIPT-MIB through snmpd.
 //! - [`control`]: the daemon and its local control protocol; [`client`] talks to it.
 
 pub mod agentx;
@@ -22,4 +23,5 @@ pub mod mib;
 pub mod process;
 pub mod proto;
 pub mod security;
+pub mod snmp;
 pub mod storage;
