@@ -707,6 +707,7 @@ struct RawMaster {
     buf: bytes::BytesMut,
     framer: Framer,
     session: u32,
+    pings: usize,
 }
 
 impl RawMaster {
@@ -773,15 +774,20 @@ impl RawMaster {
         self.send(tid, 3, Payload::CleanupSet);
     }
 
+    /// The Response to our packet `pid`; Pings from the subagent meanwhile are answered
+    /// and counted.
     fn response(&mut self, pid: u32) -> Response {
         loop {
             let p = self
                 .recv(Duration::from_secs(10))
                 .expect("a response in time");
-            if let Payload::Response(r) = p.payload
-                && p.packet_id == pid
-            {
-                return r;
+            match p.payload {
+                Payload::Response(r) if p.packet_id == pid => return r,
+                Payload::Ping(_) => {
+                    self.pings += 1;
+                    self.answer(&p, Response::ok(Vec::new()));
+                }
+                _ => {}
             }
         }
     }
@@ -807,7 +813,7 @@ fn retransmitted_commit_set_launches_once() {
     let listener = UnixListener::bind(&sock).unwrap();
     let mut lab = Lab::snmp_only();
     lab.start_smx(&format!(
-        "[agentx]\nsocket = {:?}\nping_interval = \"60s\"\n",
+        "[agentx]\nsocket = {:?}\nping_interval = \"1s\"\n",
         sock.display().to_string()
     ));
     listener.set_nonblocking(false).unwrap();
@@ -817,6 +823,7 @@ fn retransmitted_commit_set_launches_once() {
         buf: Default::default(),
         framer: Framer::default(),
         session: 0,
+        pings: 0,
     };
     let open = m.recv(Duration::from_secs(10)).expect("Open");
     assert!(matches!(open.payload, Payload::Open(_)), "{open:?}");
@@ -929,4 +936,32 @@ fn retransmitted_commit_set_launches_once() {
         "{}",
         lab.smx_log()
     );
+    // A quiet master is pinged (RFC 2741 6.2.13), and SIGTERM closes the session with
+    // reason shutdown (6.2.2).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while m.pings == 0 {
+        assert!(Instant::now() < deadline, "no Ping from the subagent");
+        if let Some(p) = m.recv(Duration::from_millis(200))
+            && matches!(p.payload, Payload::Ping(_))
+        {
+            m.pings += 1;
+            m.answer(&p, Response::ok(Vec::new()));
+        }
+    }
+    let pid = lab.smx.as_ref().unwrap().child.as_ref().unwrap().id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let close = loop {
+        let p = m
+            .recv(Duration::from_secs(15))
+            .expect("a Close before the subagent goes");
+        if let Payload::Close(c) = &p.payload {
+            break (p.clone(), c.reason);
+        }
+    };
+    assert_eq!(close.1, smx::agentx::CloseReason::Shutdown);
+    m.answer(&close.0, Response::ok(Vec::new()));
 }
