@@ -797,12 +797,14 @@ fn oid(s: &str) -> Oid {
     s.parse().unwrap()
 }
 
-/// A CommitSet retransmitted by the master (same transaction and packet id, RFC 2741
-/// 7.2.4 and agentx.md: after agentXTimeout snmpd resends the identical PDU) starts one
-/// run, not two, whether the copy arrives during the commit or after its answer.
+/// A test-side AgentX master, for what snmpd does only under load or with other
+/// subagents: a CommitSet retransmitted by the master (same transaction and packet id,
+/// RFC 2741 7.2.4 and agentx.md: after agentXTimeout snmpd resends the identical PDU)
+/// starts one run, not two, whether the copy arrives during the commit or after its
+/// answer; UndoSet after a good and after a failed CommitSet; Ping; Close on SIGTERM.
 #[test]
 #[ignore = "needs root"]
-fn retransmitted_commit_set_launches_once() {
+fn raw_master_retransmitted_commit_set_undo_ping_close() {
     need_root!();
     need_tools();
     let dir = tempfile::Builder::new()
@@ -935,6 +937,92 @@ fn retransmitted_commit_set_launches_once() {
         1,
         "{}",
         lab.smx_log()
+    );
+    // UndoSet after a good CommitSet (another subagent's part of the Set failed, RFC 2741
+    // 7.2.5.2): a changed column gets its old value back, a created row goes again.
+    let u = idx(&["noc", "undo"]);
+    let lu = |col: u32| oid(&format!("{LAUNCH}.{col}.{u}"));
+    m.send(
+        40,
+        1,
+        Payload::TestSet(TestSet {
+            context: None,
+            varbinds: vec![
+                VarBind::new(s(3), os("changed")),
+                VarBind::new(lu(16), Value::Integer(4)),
+                VarBind::new(lu(3), os("noc")),
+                VarBind::new(lu(4), os("once")),
+                VarBind::new(lu(12), Value::Integer(1)),
+            ],
+        }),
+    );
+    assert_eq!(m.response(1).error, ResError::NoError);
+    m.send(40, 2, Payload::CommitSet);
+    assert_eq!(m.response(2).error, ResError::NoError);
+    let get = |m: &mut RawMaster, pid: u32, name: Oid| {
+        m.send(
+            0,
+            pid,
+            Payload::Get(smx::agentx::Get {
+                context: None,
+                ranges: vec![smx::agentx::SearchRange {
+                    start: name,
+                    end: Oid::null(),
+                    include: false,
+                }],
+            }),
+        );
+        m.response(pid).varbinds.remove(0).value
+    };
+    assert_eq!(get(&mut m, 41, s(3)), os("changed"));
+    assert_eq!(get(&mut m, 42, lu(16)), Value::Integer(1), "created active");
+    m.send(40, 3, Payload::UndoSet);
+    assert_eq!(m.response(3).error, ResError::NoError);
+    assert_eq!(get(&mut m, 43, s(3)), os(""), "smScriptDescr restored");
+    assert_eq!(
+        get(&mut m, 44, lu(16)),
+        Value::NoSuchInstance,
+        "created row gone"
+    );
+    // A CommitSet the model refuses (the table changed since TestSet): commitFailed, and the
+    // UndoSet that follows only frees the transaction (agentx.md: no CleanupSet then).
+    let x = idx(&["noc", "race"]);
+    let sx = |col: u32| oid(&format!("{SCRIPT}.{col}.{x}"));
+    let create = || {
+        vec![
+            VarBind::new(sx(9), Value::Integer(5)),
+            VarBind::new(sx(4), Value::Integer(1)),
+        ]
+    };
+    m.send(
+        50,
+        1,
+        Payload::TestSet(TestSet {
+            context: None,
+            varbinds: create(),
+        }),
+    );
+    assert_eq!(m.response(1).error, ResError::NoError);
+    m.send(
+        51,
+        1,
+        Payload::TestSet(TestSet {
+            context: None,
+            varbinds: create(),
+        }),
+    );
+    assert_eq!(m.response(1).error, ResError::NoError);
+    m.send(50, 2, Payload::CommitSet);
+    assert_eq!(m.response(2).error, ResError::NoError);
+    m.send(51, 2, Payload::CommitSet);
+    assert_eq!(m.response(2).error, ResError::CommitFailed);
+    m.send(51, 3, Payload::UndoSet);
+    assert_eq!(m.response(3).error, ResError::NoError);
+    m.send(50, 3, Payload::CleanupSet);
+    assert_eq!(
+        get(&mut m, 52, sx(9)),
+        Value::Integer(2),
+        "notInService: the first one stands"
     );
     // A quiet master is pinged (RFC 2741 6.2.13), and SIGTERM closes the session with
     // reason shutdown (6.2.2).
