@@ -11,6 +11,10 @@
 //!   smLaunchStart 0, then `snmpget` of smRunState until 7) against the control API
 //!   (`launch_start` + `wait` through `smx::client`).
 //!
+//! - (d) the subagent's own share of (b): GetNext over the same number of smRunTable rows
+//!   answered in-process by `smx::snmp::view` (no IO), per row, against the per-row time
+//!   of the hrSWRunStatus walk.
+//!
 //! Runs scripts for an owner mapped to an OS profile: run as root. `cargo bench --bench agentx`.
 
 use std::path::PathBuf;
@@ -325,7 +329,7 @@ fn main() {
         &format!("snmpwalk smRunState, {our_rows} rows"),
         median(walk_t),
         &format!("snmpwalk hrSWRunStatus, {hr_rows} rows"),
-        median(hr_t),
+        median(hr_t.clone()),
         "<= 1.5x",
     );
     row(
@@ -335,4 +339,80 @@ fn main() {
         median(api_t),
         "",
     );
+    let per_hr = median(hr_t) / hr_rows.max(1) as u32;
+    row(
+        "GetNext smRunState in-process (view), per row",
+        in_process(our_rows),
+        "hrSWRunStatus walk, per row",
+        per_hr,
+        "",
+    );
+}
+
+/// (d): GetNext steps over `rows` smRunTable rows of an in-process model, per step.
+fn in_process(rows: usize) -> Duration {
+    use smx::agentx::{SearchRange, Value};
+    use smx::host::{Host, RunInfo, TimeInterval};
+    use smx::proto::{ExitCode, RunId, RunState};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let config = smx::config::Config::embedded();
+        let host = Host::new(config, smx::storage::Storage::temporary().unwrap());
+        for i in 1..=rows as u32 {
+            host.restore(RunInfo {
+                run_id: RunId(u64::from(i)),
+                owner: "noc".into(),
+                name: "bench".into(),
+                index: i,
+                script: "s".into(),
+                runtime: "exec".into(),
+                profile: "trusted".into(),
+                os_profile: None,
+                argument: Octets::default(),
+                state: RunState::Terminated,
+                exit_code: ExitCode::NoError,
+                result: Octets::default(),
+                error: String::new(),
+                start_time: std::time::SystemTime::now(),
+                end_time: Some(std::time::SystemTime::now()),
+                result_time: None,
+                error_time: None,
+                lifetime: TimeInterval::ZERO,
+                expire_time: TimeInterval::MAX,
+                runtime_pid: None,
+            });
+        }
+        let mib = smx::mib::Mib::new(host, None).unwrap();
+        let end: smx::agentx::Oid = "1.3.6.1.2.1.64.1.4.2.1.11".parse().unwrap();
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let mut start: smx::agentx::Oid = SM_RUN_STATE.parse().unwrap();
+            let t = Instant::now();
+            let mut n = 0u32;
+            loop {
+                // One MibSource per PDU, as the session builds it.
+                let src = smx::snmp::view::MibSource::new(&mib);
+                let vb = smx::snmp::view::get_next(
+                    &src,
+                    &SearchRange {
+                        start: start.clone(),
+                        end: end.clone(),
+                        include: false,
+                    },
+                );
+                if vb.value == Value::EndOfMibView {
+                    break;
+                }
+                n += 1;
+                start = vb.name;
+            }
+            assert_eq!(n as usize, rows);
+            times.push(t.elapsed() / n);
+        }
+        mib.shutdown().await;
+        median(times)
+    })
 }

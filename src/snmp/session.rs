@@ -57,8 +57,6 @@ pub enum SessionError {
     Closed(CloseReason),
     #[error("the AgentX master refused our {what}: {error:?}")]
     Refused { what: &'static str, error: ResError },
-    #[error("AgentX framing: {0}")]
-    Frame(#[from] crate::agentx::FrameError),
     #[error("AgentX encoding: {0}")]
     Encode(#[from] crate::agentx::EncodeError),
 }
@@ -286,7 +284,15 @@ impl Conn {
     /// The next whole PDU (`None` for one that did not decode and was answered or dropped).
     async fn read(&mut self) -> Result<Option<Pdu>, SessionError> {
         loop {
-            if let Some(frame) = self.framer.next_frame(&mut self.buf)? {
+            let next = match self.framer.next_frame(&mut self.buf) {
+                Ok(f) => f,
+                // The framer skips the refused payload and stays in step.
+                Err(e) => {
+                    tracing::warn!("AgentX: {e}");
+                    continue;
+                }
+            };
+            if let Some(frame) = next {
                 return Ok(match Pdu::decode(&frame) {
                     Ok(p) => Some(p),
                     Err(e) => {
