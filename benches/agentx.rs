@@ -184,12 +184,21 @@ const SYS_UP_TIME: &str = "1.3.6.1.2.1.1.3.0";
 /// smLaunchTable row ("noc", "bench").
 const LAUNCH_IDX: &str = "3.110.111.99.5.98.101.110.99.104";
 
+fn fmt(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 1e-3 {
+        format!("{:>9.2} ms", s * 1e3)
+    } else {
+        format!("{:>9.2} us", s * 1e6)
+    }
+}
+
 fn row(name: &str, got: Duration, base: &str, base_t: Duration, goal: &str) {
     let ratio = got.as_secs_f64() / base_t.as_secs_f64();
     println!(
-        "| {name:<46} | {:>9.2} ms | {base:<36} | {:>9.2} ms | {ratio:>6.2}x | {goal} |",
-        got.as_secs_f64() * 1e3,
-        base_t.as_secs_f64() * 1e3
+        "| {name:<46} | {} | {base:<36} | {} | {ratio:>6.2}x | {goal} |",
+        fmt(got),
+        fmt(base_t)
     );
 }
 

@@ -141,6 +141,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn section_presence_enables_with_defaults() {
+        let mut c = crate::config::Config::embedded();
+        assert_eq!(c.agentx, None, "no [agentx]: no subagent");
+        c.extend("[agentx]\n", "t.toml", None).unwrap();
+        assert_eq!(c.agentx, Some(AgentxSettings::default()));
+        let mut c = crate::config::Config::embedded();
+        c.extend(
+            "[agentx]\nsocket = \"tcp:127.0.0.1:705\"\ntimeout = \"2s\"\nnotify_queue = 5\n",
+            "t.toml",
+            None,
+        )
+        .unwrap();
+        let a = c.agentx.unwrap();
+        assert_eq!(a.socket, MasterAddr::Tcp("127.0.0.1:705".parse().unwrap()));
+        assert_eq!((a.timeout, a.notify_queue), (Duration::from_secs(2), 5));
+        for bad in ["[agentx]\nsockt = \"/x\"\n", "[agentx]\ntimeout = \"0s\"\n"] {
+            let e = crate::config::Config::embedded().extend(bad, "t.toml", None);
+            assert!(e.is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn socket_forms() {
         let rows = [
             (
