@@ -1024,6 +1024,16 @@ fn raw_master_retransmitted_commit_set_undo_ping_close() {
         Value::Integer(2),
         "notInService: the first one stands"
     );
+    // A payload that does not parse under a good header is answered parseError (RFC 2741
+    // 7.1, step 2), and the session goes on.
+    let mut bad = vec![1u8, 8, 0, 0];
+    for w in [77u32, 60, 61, 4] {
+        bad.extend_from_slice(&w.to_le_bytes());
+    }
+    bad.extend_from_slice(&[0xff; 4]);
+    m.stream.write_all(&bad).unwrap();
+    assert_eq!(m.response(61).error, ResError::ParseError);
+    assert_eq!(get(&mut m, 62, s(9)), Value::Integer(1), "still served");
     // A quiet master is pinged (RFC 2741 6.2.13), and SIGTERM closes the session with
     // reason shutdown (6.2.2).
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -192,6 +192,8 @@ struct Conn {
     framer: Framer,
     session_id: u32,
     next_packet: u32,
+    /// The parseError Response to a PDU that did not decode, to be written.
+    parse_error: Option<Pdu>,
 }
 
 /// A Set transaction between TestSet and CleanupSet (RFC 2741 7.2.4).
@@ -228,6 +230,7 @@ async fn open(settings: &AgentxSettings) -> Result<Conn, SessionError> {
         framer: Framer::new(DEFAULT_MAX_PAYLOAD),
         session_id: 0,
         next_packet: 1,
+        parse_error: None,
     };
     let open = Payload::Open(Open {
         timeout: u8::try_from(t.as_secs()).unwrap_or(u8::MAX),
@@ -281,7 +284,8 @@ impl Conn {
         Ok(bytes)
     }
 
-    /// The next whole PDU (`None` for one that did not decode and was answered or dropped).
+    /// The next whole PDU (`None` for one that did not decode: dropped, or its parseError
+    /// answer left in `parse_error`). Cancel-safe: it only reads.
     async fn read(&mut self) -> Result<Option<Pdu>, SessionError> {
         loop {
             let next = match self.framer.next_frame(&mut self.buf) {
@@ -310,7 +314,9 @@ impl Conn {
                                     0,
                                 )),
                             };
-                            self.write(&answer, Duration::from_secs(5)).await?;
+                            // Written by the caller: a write here could be cut short by
+                            // the caller's select!, leaving half a PDU on the stream.
+                            self.parse_error = Some(answer);
                         }
                         None
                     }
@@ -369,7 +375,12 @@ impl Conn {
             tokio::select! {
                 got = self.read() => {
                     last_heard = Instant::now();
-                    let Some(pdu) = got? else { continue };
+                    let Some(pdu) = got? else {
+                        if let Some(answer) = self.parse_error.take() {
+                            self.write(&answer, t).await?;
+                        }
+                        continue;
+                    };
                     if let Payload::Response(r) = &pdu.payload {
                         if ping.is_some_and(|(id, _)| id == pdu.packet_id) {
                             ping = None;
