@@ -711,6 +711,35 @@ struct RawMaster {
 }
 
 impl RawMaster {
+    /// Accepts the subagent and answers its Open (session 77) and its Register of
+    /// scriptMIB at priority 127 (RFC 2741 7.1.1, 7.1.5).
+    fn accept(listener: &UnixListener) -> RawMaster {
+        let (stream, _) = listener.accept().unwrap();
+        let mut m = RawMaster {
+            stream,
+            buf: Default::default(),
+            framer: Framer::default(),
+            session: 0,
+            pings: 0,
+        };
+        let open = m.recv(Duration::from_secs(10)).expect("Open");
+        assert!(matches!(open.payload, Payload::Open(_)), "{open:?}");
+        m.session = 77;
+        let mut open_r = open.clone();
+        open_r.session_id = 77;
+        m.answer(&open_r, Response::ok(Vec::new()));
+        let reg = m.recv(Duration::from_secs(10)).expect("Register");
+        match &reg.payload {
+            Payload::Register(r) => {
+                assert_eq!(r.subtree, oid(SM));
+                assert_eq!(r.priority, 127);
+            }
+            p => panic!("expected Register, got {p:?}"),
+        }
+        m.answer(&reg, Response::ok(Vec::new()));
+        m
+    }
+
     fn send(&mut self, tid: u32, pid: u32, payload: Payload) {
         let pdu = Pdu {
             session_id: self.session,
@@ -818,30 +847,7 @@ fn raw_master_retransmitted_commit_set_undo_ping_close() {
         "[agentx]\nsocket = {:?}\nping_interval = \"1s\"\n",
         sock.display().to_string()
     ));
-    listener.set_nonblocking(false).unwrap();
-    let (stream, _) = listener.accept().unwrap();
-    let mut m = RawMaster {
-        stream,
-        buf: Default::default(),
-        framer: Framer::default(),
-        session: 0,
-        pings: 0,
-    };
-    let open = m.recv(Duration::from_secs(10)).expect("Open");
-    assert!(matches!(open.payload, Payload::Open(_)), "{open:?}");
-    m.session = 77;
-    let mut open_r = open.clone();
-    open_r.session_id = 77;
-    m.answer(&open_r, Response::ok(Vec::new()));
-    let reg = m.recv(Duration::from_secs(10)).expect("Register");
-    match &reg.payload {
-        Payload::Register(r) => {
-            assert_eq!(r.subtree, oid(SM));
-            assert_eq!(r.priority, 127);
-        }
-        p => panic!("expected Register, got {p:?}"),
-    }
-    m.answer(&reg, Response::ok(Vec::new()));
+    let mut m = RawMaster::accept(&listener);
     // Install a script (smCodeTable) and a button through the subagent itself.
     let i = idx(&["noc", "once"]);
     let s = |c: u32| oid(&format!("{SCRIPT}.{c}.{i}"));
@@ -1062,4 +1068,89 @@ fn raw_master_retransmitted_commit_set_undo_ping_close() {
     };
     assert_eq!(close.1, smx::agentx::CloseReason::Shutdown);
     m.answer(&close.0, Response::ok(Vec::new()));
+}
+
+/// Notifications raised while no master is there wait in a queue of `notify_queue`; past
+/// it they are dropped and counted in the log; the queued ones go out once a session is
+/// open (RFC 3165 smScriptException from SMX 537).
+#[test]
+#[ignore = "needs root"]
+fn notifications_queue_while_disconnected_bounded() {
+    need_root!();
+    let dir = tempfile::Builder::new()
+        .prefix("smx-agentx-queue-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let sock = dir.path().join("late-master.sock");
+    let mut lab = Lab::snmp_only();
+    lab.start_smx(&format!(
+        "[agentx]\nsocket = {:?}\nnotify_queue = 2\nreconnect_min = \"100ms\"\nreconnect_max = \"300ms\"\n",
+        sock.display().to_string()
+    ));
+    lab.wait_smx_log("cannot connect to the AgentX master", 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let socket = lab.dir.path().join("smx.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut c = loop {
+            match smx::client::Client::connect(&socket).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "daemon socket: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        c.script_install(smx::mib::ScriptSpec {
+            owner: "noc".into(),
+            name: "exc.sh".into(),
+            content: smx::proto::Octets::new(b"#!/bin/sh\necho \"exception e$1\" >&3\n".to_vec()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        c.launch_add(smx::mib::LaunchSpec {
+            owner: "noc".into(),
+            name: "exc".into(),
+            script_owner: "noc".into(),
+            script_name: "exc.sh".into(),
+            max_completed: Some(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        for n in 1..=3 {
+            let arg = smx::proto::Octets::new(n.to_string().into_bytes());
+            let run = c.launch_start("noc", "exc", None, Some(arg)).await.unwrap();
+            c.wait(run.run_id).await.unwrap();
+        }
+    });
+    lab.wait_smx_log("notification dropped (1 so far)", 1);
+    let listener = UnixListener::bind(&sock).unwrap();
+    let mut m = RawMaster::accept(&listener);
+    let mut texts = Vec::new();
+    while let Some(p) = m.recv(Duration::from_secs(3)) {
+        if let Payload::Notify(n) = &p.payload {
+            assert_eq!(
+                n.varbinds[0].name,
+                oid("1.3.6.1.6.3.1.1.4.1.0"),
+                "snmpTrapOID.0 first"
+            );
+            assert_eq!(
+                n.varbinds[0].value,
+                Value::ObjectIdentifier(oid("1.3.6.1.2.1.64.2.0.3"))
+            );
+            texts.push(n.varbinds[1].value.clone());
+            m.answer(&p, Response::ok(Vec::new()));
+        }
+    }
+    let os = |t: &str| Value::OctetString(t.as_bytes().to_vec());
+    assert_eq!(
+        texts,
+        [os("e1"), os("e2")],
+        "the queued two; the third was dropped"
+    );
 }
