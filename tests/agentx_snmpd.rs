@@ -635,7 +635,8 @@ fn bad_sets_get_precise_error_statuses() {
     lab.install("noc", "e", "true");
     lab.launch_button("noc", "e", "e", &[]);
     let si = idx(&["noc", "e"]);
-    let rows: [(&str, &str, &str, &str); 8] = [
+    let long = "o".repeat(33);
+    let rows: [(&str, &str, &str, &str); 9] = [
         (&format!("{SCRIPT}.4.{si}"), "s", "x", "wrongType"),
         (&format!("{LAUNCH}.6.{si}"), "i", "3", "wrongType"),
         (&format!("{LAUNCH}.6.{si}"), "u", "0", "wrongValue"),
@@ -644,6 +645,8 @@ fn bad_sets_get_precise_error_statuses() {
         (&format!("{LAUNCH}.10.{si}"), "i", "0", "noError"),
         (&format!("{RUN}.5.{si}.4242"), "i", "0", "noCreation"),
         (&format!("{SCRIPT}.7.{si}"), "i", "1", "notWritable"),
+        // smLaunchScriptOwner is SnmpAdminString (SIZE (0..32)).
+        (&format!("{LAUNCH}.3.{si}"), "s", &long, "wrongLength"),
     ];
     for (oid, t, v, want) in rows {
         let got = lab.set(&[(oid, t, v)]);
