@@ -958,6 +958,7 @@ fn raw_master_retransmitted_commit_set_undo_ping_close() {
             context: None,
             varbinds: vec![
                 VarBind::new(s(3), os("changed")),
+                VarBind::new(l(10), Value::Integer(7)),
                 VarBind::new(lu(16), Value::Integer(4)),
                 VarBind::new(lu(3), os("noc")),
                 VarBind::new(lu(4), os("once")),
@@ -988,6 +989,24 @@ fn raw_master_retransmitted_commit_set_undo_ping_close() {
     m.send(40, 3, Payload::UndoSet);
     assert_eq!(m.response(3).error, ResError::NoError);
     assert_eq!(get(&mut m, 43, s(3)), os(""), "smScriptDescr restored");
+    // The run the commit started (smRunIndex 7, `sleep 1`) is aborted: halted(2).
+    let exit = oid(&format!("{RUN}.7.{i}.7"));
+    let state = oid(&format!("{RUN}.10.{i}.7"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut pid = 100;
+    while get(&mut m, pid, state.clone()) != Value::Integer(7) {
+        assert!(
+            Instant::now() < deadline,
+            "run 7 not terminated after UndoSet"
+        );
+        pid += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        get(&mut m, 99, exit),
+        Value::Integer(2),
+        "smRunExitCode halted"
+    );
     assert_eq!(
         get(&mut m, 44, lu(16)),
         Value::NoSuchInstance,

@@ -228,8 +228,15 @@ impl Undo {
     /// it is destroyed). `Err` if some step was refused: the answer is undoFailed.
     pub async fn run(self, mib: &Mib) -> Result<(), SetError> {
         let mut failed = None;
+        // An abort waits for the runtime's answer (up to the command timeout): in the
+        // background, so the UndoSet is answered before the master gives up on us.
         for id in self.started {
-            let _ = mib.host().abort(id).await;
+            let host = mib.host().clone();
+            tokio::spawn(async move {
+                if let Err(e) = host.abort(id).await {
+                    tracing::info!(run = %id, "UndoSet: abort: {e}");
+                }
+            });
         }
         for c in self.restore.into_iter().rev().chain(self.created) {
             if let Err((_, e)) = mib.set(&Principal::Admin, std::slice::from_ref(&c)).await {
