@@ -13,7 +13,8 @@
 //!
 //! - (d) the subagent's own share of (b): GetNext over the same number of smRunTable rows
 //!   answered in-process by `smx::snmp::view` (no IO), per row, against the per-row time
-//!   of the hrSWRunStatus walk.
+//!   of the hrSWRunStatus walk; and (e) a GetNext round trip over the AgentX socket to the
+//!   subagent's session from a master in this process (the subagent's IO included).
 //!
 //! Runs scripts for an owner mapped to an OS profile: run as root. `cargo bench --bench agentx`.
 
@@ -356,6 +357,91 @@ fn main() {
         per_hr,
         "",
     );
+    row(
+        "GetNext round trip over AgentX (raw master)",
+        raw_round_trip(),
+        "hrSWRunStatus walk, per row",
+        per_hr,
+        "",
+    );
+}
+
+/// (e): a master in this process sends 10,000 GetNexts (one at a time, as snmpd does) to a
+/// subagent session over a Unix socket; the median round trip of five rounds.
+fn raw_round_trip() -> Duration {
+    use smx::agentx::{ByteOrder, Framer, GetNext, Oid, Payload, Pdu, Response, SearchRange};
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("master.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (s2, stop2) = (sock.clone(), stop.clone());
+    let subagent = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let host = smx::host::Host::new(
+                smx::config::Config::embedded(),
+                smx::storage::Storage::temporary().unwrap(),
+            );
+            let mib = smx::mib::Mib::new(host, None).unwrap();
+            let a = smx::snmp::AgentxSettings {
+                socket: smx::snmp::MasterAddr::Unix(s2),
+                ping_interval: Duration::from_secs(600),
+                ..Default::default()
+            };
+            smx::snmp::session::run(mib.clone(), a, stop2).await;
+            mib.shutdown().await;
+        });
+    });
+    let (mut st, _) = listener.accept().unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let mut framer = Framer::default();
+    let mut recv = |st: &mut std::os::unix::net::UnixStream| -> Pdu {
+        loop {
+            if let Some(f) = framer.next_frame(&mut buf).unwrap() {
+                return Pdu::decode(&f).unwrap();
+            }
+            let mut c = [0u8; 65536];
+            let n = st.read(&mut c).unwrap();
+            assert!(n > 0, "subagent closed");
+            buf.extend_from_slice(&c[..n]);
+        }
+    };
+    for _ in 0..2 {
+        // Open, then Register.
+        let p = recv(&mut st);
+        st.write_all(&p.respond(Response::ok(vec![])).to_bytes().unwrap())
+            .unwrap();
+    }
+    let start: Oid = "1.3.6.1.2.1.64.1.1.1.2".parse().unwrap();
+    let mut times = Vec::new();
+    let n = 10_000u32;
+    for round in 0..5u32 {
+        let t = Instant::now();
+        for i in 0..n {
+            let p = Pdu {
+                session_id: 1,
+                transaction_id: round * n + i,
+                packet_id: round * n + i,
+                byte_order: ByteOrder::LittleEndian,
+                payload: Payload::GetNext(GetNext {
+                    context: None,
+                    ranges: vec![SearchRange {
+                        start: start.clone(),
+                        end: Oid::null(),
+                        include: false,
+                    }],
+                }),
+            };
+            st.write_all(&p.to_bytes().unwrap()).unwrap();
+            let _ = recv(&mut st);
+        }
+        times.push(t.elapsed() / n);
+    }
+    stop.cancel();
+    drop(st);
+    let _ = subagent.join();
+    median(times)
 }
 
 /// (d): GetNext steps over `rows` smRunTable rows of an in-process model, per step.
