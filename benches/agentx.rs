@@ -285,18 +285,34 @@ fn main() {
     });
     let our_rows = lab.timed("snmpwalk", &[SM_RUN_STATE]).1.lines().count();
 
-    // As many processes for hrSWRunTable.
-    let have = lab.timed("snmpwalk", &[HR_SW_RUN_STATUS]).1.lines().count();
+    // As many processes for hrSWRunTable: topped up with `sleep`s by /proc's count (the
+    // walk lags behind snmpd's process cache; other processes come and go).
+    let procs = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter(|e| {
+                e.as_ref().is_ok_and(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
+            })
+            .count()
+    };
     let mut sleeps = Kids(Vec::new());
-    for _ in have..our_rows {
-        sleeps.0.push(
-            Command::new("sleep")
-                .arg("600")
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-    }
+    let spawn_sleeps = |sleeps: &mut Kids, n: usize| {
+        for _ in 0..n {
+            sleeps.0.push(
+                Command::new("sleep")
+                    .arg("600")
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+    };
+    spawn_sleeps(&mut sleeps, (our_rows + 5).saturating_sub(procs()));
     // snmpd caches its process list for a while: wait until the walk sees them all.
     let deadline = Instant::now() + Duration::from_secs(120);
     while lab.timed("snmpwalk", &[HR_SW_RUN_STATUS]).1.lines().count() < our_rows {
@@ -304,6 +320,7 @@ fn main() {
             Instant::now() < deadline,
             "hrSWRunTable never showed {our_rows} rows"
         );
+        spawn_sleeps(&mut sleeps, (our_rows + 5).saturating_sub(procs()));
         std::thread::sleep(Duration::from_secs(2));
     }
 
