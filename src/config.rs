@@ -599,6 +599,8 @@ pub struct Config {
     pub os_profiles: BTreeMap<String, Arc<OsProfileSpec>>,
     pub owners: BTreeMap<String, OwnerSpec>,
     pub control: ControlSettings,
+    /// `[agentx]`: serve DISMAN-SCRIPT-MIB through an SNMP master agent (none: no subagent).
+    pub agentx: Option<crate::snmp::AgentxSettings>,
     /// Where each runtime was defined (`file:line:column`), for messages.
     origins: BTreeMap<String, String>,
 }
@@ -628,6 +630,7 @@ impl Config {
             os_profiles: BTreeMap::new(),
             owners: BTreeMap::new(),
             control: ControlSettings::default(),
+            agentx: None,
             origins: BTreeMap::new(),
         };
         c.extend(EMBEDDED, "<embedded>", None)
@@ -721,9 +724,16 @@ impl Config {
         }
         let mut sections: BTreeMap<&'static str, Item<'_>> = BTreeMap::new();
         for (key, value) in doc.into_inner() {
-            let known = ["runtime", "os_profile", "owner", "host", "control"]
-                .into_iter()
-                .find(|k| *k == key.get_ref().as_ref());
+            let known = [
+                "runtime",
+                "os_profile",
+                "owner",
+                "host",
+                "control",
+                "agentx",
+            ]
+            .into_iter()
+            .find(|k| *k == key.get_ref().as_ref());
             match known {
                 Some(k) => {
                     sections.insert(k, value);
@@ -732,7 +742,7 @@ impl Config {
                     Some(key.span()),
                     format!(
                         "unknown field `{}`, expected one of `runtime`, `os_profile`, `owner`, \
-                         `host`, `control`",
+                         `host`, `control`, `agentx`",
                         key.get_ref()
                     ),
                 ),
@@ -750,6 +760,7 @@ impl Config {
             .unwrap_or_default();
         let host = take("host");
         let control = take("control");
+        let agentx = take("agentx");
 
         self.extend_runtimes(&mut p, runtimes, config_dir);
         self.extend_os_profiles(&mut p, os_profiles, system);
@@ -759,6 +770,11 @@ impl Config {
         }
         if let Some(c) = control {
             self.extend_control(&mut p, c, system);
+        }
+        if let Some(a) = agentx
+            && let Some(a) = p.de::<crate::snmp::AgentxSettings>(a)
+        {
+            self.agentx = Some(a);
         }
         p.list
     }

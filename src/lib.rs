@@ -9,6 +9,7 @@
 //! - [`exec`]: the built-in runtime for executable files.
 //! - [`fdlimit`]: the open-file limit of smx's processes and what their children get.
 //! - [`conform`]: the conformance suite for any runtime (`smx conform`).
+//! - [`snmp`]: the AgentX subagent serving DISMAN-SCRIPT-MIB through snmpd.
 //! - [`control`]: the daemon and its local control protocol; [`client`] talks to it.
 
 pub mod agentx;
@@ -25,4 +26,5 @@ pub mod mib;
 pub mod process;
 pub mod proto;
 pub mod security;
+pub mod snmp;
 pub mod storage;

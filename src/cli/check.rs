@@ -31,6 +31,9 @@ pub fn check(file: Option<&Path>) -> Result<ExitCode> {
                 c.os_profiles.len(),
                 c.owners.len()
             );
+            if let Some(a) = &c.agentx {
+                println!("{name}: AgentX subagent on, master {}", a.socket);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

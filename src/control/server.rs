@@ -176,8 +176,18 @@ pub async fn run(
         Some(dir) => Some(crate::mib::store::Store::open(dir)?),
         None => None,
     };
+    let agentx = config.agentx.clone();
     let host = Host::new(config, storage);
     let mib = crate::mib::Mib::new(host.clone(), store)?;
+    // `[agentx]`: DISMAN-SCRIPT-MIB through the device's snmpd, until shutdown.
+    let subagent_stop = CancellationToken::new();
+    let subagent = agentx.map(|a| {
+        tokio::spawn(crate::snmp::session::run(
+            mib.clone(),
+            a,
+            subagent_stop.clone(),
+        ))
+    });
     let shared = Arc::new(Shared {
         host,
         mib,
@@ -216,6 +226,10 @@ pub async fn run(
     shared.host.shutdown().await;
     // After the host: the runs' terminations are saved before the store closes.
     shared.mib.shutdown().await;
+    subagent_stop.cancel();
+    if let Some(s) = subagent {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, s).await;
+    }
     tokio::time::sleep(Duration::from_millis(50)).await;
     shared.shutdown.cancel();
     shared.connections.close();

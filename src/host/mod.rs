@@ -235,6 +235,18 @@ impl Host {
         t.run_at(owner, name, index).and_then(|id| t.snapshot(id))
     }
 
+    /// The (owner, name) pairs that have rows in the run table (smRunTable's first two
+    /// index components), in no particular order.
+    pub fn run_launches(&self) -> Vec<(String, String)> {
+        self.inner.table.lock().expect("table lock").run_launches()
+    }
+
+    /// The row of (owner, name) with the smallest smRunIndex >= `from` (AgentX GetNext).
+    pub fn run_from(&self, owner: &str, name: &str, from: u32) -> Option<RunInfo> {
+        let t = self.inner.table.lock().expect("table lock");
+        t.run_from(owner, name, from).and_then(|id| t.snapshot(id))
+    }
+
     /// The rows of one launch button (owner, name), by smRunIndex.
     pub fn runs_of(&self, owner: &str, name: &str) -> Vec<RunInfo> {
         let t = self.inner.table.lock().expect("table lock");

@@ -439,6 +439,22 @@ impl Table {
             .and_then(|l| l.by_index.get(&index).copied())
     }
 
+    /// The (owner, name) pairs with rows in the run table, in no particular order.
+    pub fn run_launches(&self) -> Vec<(String, String)> {
+        self.launches
+            .iter()
+            .filter(|(_, l)| !l.by_index.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The run of (owner, name) with the smallest smRunIndex >= `from`: one step of a
+    /// GetNext walk over smRunTable without copying the table.
+    pub fn run_from(&self, owner: &str, name: &str, from: u32) -> Option<RunId> {
+        let l = self.launches.get(&(owner.to_owned(), name.to_owned()))?;
+        l.by_index.range(from..).next().map(|(_, id)| *id)
+    }
+
     /// The runs of (owner, name), by smRunIndex.
     pub fn runs_of(&self, owner: &str, name: &str) -> Vec<RunId> {
         self.launches
