@@ -312,7 +312,23 @@ pub async fn serve(opts: Options) -> io::Result<()> {
         // Waits for room: a live run keeps taking controls; an ended one fails at once.
         let _ = tokio::time::timeout_at(deadline, slot.ctl.send(Ctl::Abort(Id(0)))).await;
     }
-    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {}
+    // Exits reach the runs' tasks only through `reap`, so SIGCHLD is still served while
+    // they end.
+    reap(&mut runs, &mut by_pid);
+    loop {
+        tokio::select! {
+            done = tokio::time::timeout_at(deadline, tasks.join_next()) => match done {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            },
+            Some(()) = async {
+                match sigchld.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => reap(&mut runs, &mut by_pid),
+        }
+    }
     // Runs still going after the deadline are dropped (their scripts killed on drop).
     drop(tasks);
     ctx.end_all();
