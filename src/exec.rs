@@ -953,6 +953,24 @@ fn check_format(path: &Path) -> io::Result<()> {
 /// its stdout cannot keep the runtime from its other runs.
 const DRAIN_CHUNKS: usize = 16;
 
+/// At most this many reads of 8 KiB at a script's exit: more than a pipe holds (1 MiB is
+/// Linux's default `pipe-max-size`), and a bound against a background child that keeps
+/// writing to the pipe it inherited.
+const EXIT_DRAIN_CHUNKS: usize = 128;
+
+/// One non-blocking `read(2)` of the pipe now, whatever tokio's readiness says (the fd is
+/// in non-blocking mode: WouldBlock when it is empty).
+fn read_now(rx: &tokio::net::unix::pipe::Receiver, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: read(2) into a buffer we own, of its length.
+    let n = unsafe { libc::read(rx.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// The end of stderr kept for the error text (its last lines).
 const STDERR_TAIL: usize = 4096;
 
@@ -960,7 +978,7 @@ const STDERR_TAIL: usize = 4096;
 /// `max` octets (the first ones, or with `tail` the last ones) and drops the rest, setting
 /// `cut`. False at EOF (or on an error): nothing more will come.
 fn drain(
-    rx: &tokio::net::unix::pipe::Receiver,
+    mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
     kept: &mut Vec<u8>,
     max: usize,
     tail: bool,
@@ -969,7 +987,7 @@ fn drain(
 ) -> bool {
     let mut chunk = [0u8; 8192];
     for _ in 0..chunks {
-        match rx.try_read(&mut chunk) {
+        match read(&mut chunk) {
             Ok(0) => return false,
             Ok(n) if tail => {
                 kept.extend_from_slice(&chunk[..n]);
@@ -1027,18 +1045,25 @@ impl Reports {
                 return Ok(Some(f));
             }
             self.rx.readable().await?;
-            if !self.read()? {
+            if !self.read(false)? {
                 return Ok(None);
             }
         }
     }
 
-    /// One non-blocking read; false at EOF.
-    fn read(&mut self) -> io::Result<bool> {
+    /// One non-blocking read; false at EOF. `now` reads with the syscall whatever tokio's
+    /// readiness says (see [`read_now`]); only for the last reads, at the script's exit.
+    fn read(&mut self, now: bool) -> io::Result<bool> {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(4096);
         }
-        match self.rx.try_read_buf(&mut self.buf) {
+        let got = if now {
+            let mut chunk = [0u8; 4096];
+            read_now(&self.rx, &mut chunk).inspect(|&n| self.buf.extend_from_slice(&chunk[..n]))
+        } else {
+            self.rx.try_read_buf(&mut self.buf)
+        };
+        match got {
             Ok(0) => {
                 self.eof = true;
                 Ok(false)
@@ -1056,7 +1081,7 @@ impl Reports {
                 lines.push(f);
             }
             let before = self.buf.len();
-            match self.read() {
+            match self.read(true) {
                 Ok(true) if self.buf.len() > before => {}
                 _ => break,
             }
@@ -1220,27 +1245,36 @@ async fn supervise(
                 _ => reports.open = false,
             },
             r = stdout.readable(), if stdout_open => {
-                stdout_open = r.is_ok() && drain(&stdout, &mut result, MAX_RESULT_OCTETS + 2, false, &mut cut, DRAIN_CHUNKS);
+                stdout_open = r.is_ok() && drain(|b| stdout.try_read(b), &mut result, MAX_RESULT_OCTETS + 2, false, &mut cut, DRAIN_CHUNKS);
             }
             r = stderr.readable(), if stderr_open => {
-                stderr_open = r.is_ok() && drain(&stderr, &mut err, STDERR_TAIL, true, &mut false, DRAIN_CHUNKS);
+                stderr_open = r.is_ok() && drain(|b| stderr.try_read(b), &mut err, STDERR_TAIL, true, &mut false, DRAIN_CHUNKS);
             }
         }
     };
     let aborted = *state.lock().expect("state lock") == RunState::Aborting;
-    // Decided now, at the script's exit: its output is what is buffered.
+    // Decided now, at the script's exit: its output is what is buffered. Read with the
+    // syscall itself: tokio's `try_read` answers WouldBlock without reading until its
+    // reactor has seen the pipe become readable, which may come after the SIGCHLD.
     if stdout_open {
         drain(
-            &stdout,
+            |b| read_now(&stdout, b),
             &mut result,
             MAX_RESULT_OCTETS + 2,
             false,
             &mut cut,
-            usize::MAX,
+            EXIT_DRAIN_CHUNKS,
         );
     }
     if stderr_open {
-        drain(&stderr, &mut err, STDERR_TAIL, true, &mut false, usize::MAX);
+        drain(
+            |b| read_now(&stderr, b),
+            &mut err,
+            STDERR_TAIL,
+            true,
+            &mut false,
+            EXIT_DRAIN_CHUNKS,
+        );
     }
     let mut late = Vec::new();
     if reports.open {
