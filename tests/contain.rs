@@ -449,3 +449,47 @@ async fn sigterm_to_smx_run_daemon_aborts_the_run_in_the_daemon() {
     signal(d.id() as i32, nix::sys::signal::Signal::SIGTERM);
     d.wait().unwrap();
 }
+
+/// A script whose `setsid` double-forked child moves itself from the run's cgroup up into
+/// the runtime's (delegated to the same user, so the kernel allows it) or into a cgroup it
+/// makes there, and clears its environment; the script prints where the child went. The
+/// child must still end with its run (RFC 3165 smRunState `terminated`), while the
+/// runtime lives on.
+fn cgroup_escaper(mark: &str, how: &str) -> String {
+    format!(
+        "#!/bin/bash\n\
+         mnt=$(grep -m1 ' - cgroup2 ' /proc/self/mountinfo | cut -d' ' -f5)\n\
+         cg=$(sed -n 's/^0:://p' /proc/self/cgroup)\n\
+         up=\"$mnt${{cg%/*}}\"\n\
+         {how}\n\
+         (setsid bash -c \"echo \\$\\$ > '$dest/cgroup.procs' && exec env -i bash -c 'exec -a {mark} sleep 1000'\" </dev/null >/dev/null 2>&1 &)\n\
+         while ! pgrep -f '^{mark}' >/dev/null; do sleep 0.02; done\n\
+         sed -n 's/^0:://p' /proc/$(pgrep -f '^{mark}')/cgroup\n"
+    )
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_child_that_moves_out_of_its_run_cgroup_still_ends_with_the_run() {
+    need_root!(CGROUPS);
+    let h = host("");
+    for (name, how) in [
+        ("up.sh", "dest=$up"),
+        ("sibling.sh", "dest=$up/evil-$$; mkdir \"$dest\""),
+    ] {
+        let m = mark();
+        let s = install(&h, name, &cgroup_escaper(&m, how), true);
+        let run = h.launch(request(&s, Some("exec"))).unwrap();
+        let info = finish(&h, run, 20).await;
+        assert_eq!(info.exit_code, ExitCode::NoError, "{name}: {}", info.error);
+        // The script printed the cgroup its child had moved to.
+        let moved = String::from_utf8_lossy(info.result.as_bytes()).into_owned();
+        let last = moved.rsplit('/').next().unwrap_or_default();
+        assert!(
+            !moved.is_empty() && !last.starts_with("run-"),
+            "{name}: the child left its run's cgroup: {moved:?}"
+        );
+        none_left(&m, &format!("{name}: a normal end, the runtime still up")).await;
+    }
+    h.shutdown().await;
+}
