@@ -493,3 +493,56 @@ async fn a_child_that_moves_out_of_its_run_cgroup_still_ends_with_the_run() {
     }
     h.shutdown().await;
 }
+
+/// A daemon whose socket file went (a tmp cleaner, an operator's `rm`) is still alive, and
+/// its runs with it: a second daemon started on the same path must not take it for a dead
+/// predecessor and kill its runtimes and scripts through their cgroups; it refuses to start.
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_second_daemon_on_the_same_socket_leaves_the_live_first_ones_runs_alone() {
+    need_root!(CGROUPS);
+    let dir = tempfile::tempdir().unwrap();
+    let m = mark();
+    let script = script_file(
+        dir.path(),
+        "sleeper.sh",
+        &format!("#!/bin/bash\nexec -a {m} sleep 1000\n"),
+    );
+    let mut first = daemon(dir.path());
+    let mut client = smx_run_daemon(dir.path(), &script);
+    wait_marked(&m, 1).await;
+    std::fs::remove_file(dir.path().join("smx.sock")).unwrap();
+    let config = dir.path().join("smx.toml");
+    let second = Command::new(smx_bin())
+        .arg("daemon")
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(dir.path().join("smx.sock"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a second smx daemon");
+    let out = tokio::task::spawn_blocking(move || second.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let alive = marked(&m)
+        .into_iter()
+        .filter(|&p| smx::process::proc_state(p).is_some_and(|s| s != 'Z'))
+        .count();
+    let _ = client.kill();
+    let _ = client.wait();
+    signal(first.id() as i32, nix::sys::signal::Signal::SIGTERM);
+    first.wait().unwrap();
+    assert_eq!(
+        alive, 1,
+        "the first daemon's script survives a second daemon's start"
+    );
+    assert!(!out.status.success(), "the second daemon refuses to start");
+    assert!(stderr.contains("still running"), "it says why: {stderr}");
+    none_left(&m, "the first daemon's SIGTERM").await;
+}
