@@ -222,6 +222,11 @@ pub fn environ_has(pid: i32, entry: &[u8]) -> bool {
 /// purpose (any other child is an orphan it adopted as subreaper).
 struct HostContainment {
     base: Option<PathBuf>,
+    /// The base's directory, open and `flock`ed for as long as this process lives: how a
+    /// later instance with the same key tells a live predecessor from a dead one.
+    _lock: Option<std::fs::File>,
+    /// The base was locked by a live instance with the same key: left alone.
+    taken: Option<PathBuf>,
     next: AtomicU64,
     /// Runtime pid -> its cgroup.
     runtimes: Mutex<HashMap<u32, PathBuf>>,
@@ -248,6 +253,9 @@ pub enum HostLevel {
     Cgroups(PathBuf),
     /// Process groups and subreapers only.
     Groups,
+    /// Another live process holds the cgroup base of this key (a daemon on the same socket
+    /// path whose socket file was removed): it is left alone, and this one must not run.
+    Taken(PathBuf),
 }
 
 /// Sets up the host's containment, once per process: subreaper, orphan registry, and a
@@ -260,21 +268,56 @@ pub fn init_host(key: &str) -> HostLevel {
             tracing::warn!("PR_SET_CHILD_SUBREAPER failed: {e}; orphans go to init");
         }
         *SPAWNED.lock().expect("spawned lock") = Some(HashSet::new());
+        let (base, lock, taken) = match own_cgroup().map(|own| make_base(&own, key)) {
+            Some(Ok(Some((base, lock)))) => (Some(base), Some(lock), None),
+            Some(Err(taken)) => (None, None, Some(taken)),
+            Some(Ok(None)) | None => (None, None, None),
+        };
         HostContainment {
-            base: own_cgroup().and_then(|own| make_base(&own, key)),
+            base,
+            _lock: lock,
+            taken,
             next: AtomicU64::new(1),
             runtimes: Mutex::new(HashMap::new()),
         }
     });
-    match &h.base {
-        Some(b) => HostLevel::Cgroups(b.clone()),
-        None => HostLevel::Groups,
+    match (&h.base, &h.taken) {
+        (_, Some(t)) => HostLevel::Taken(t.clone()),
+        (Some(b), None) => HostLevel::Cgroups(b.clone()),
+        (None, None) => HostLevel::Groups,
     }
 }
 
-fn make_base(own: &Path, key: &str) -> Option<PathBuf> {
+/// Opens the directory `path` (close-on-exec, so no child holds it) and takes an exclusive
+/// `flock` on it without waiting: `Ok(None)` if another process holds one.
+fn lock_dir(path: &Path) -> io::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd as _;
+    let dir = std::fs::File::open(path)?;
+    // SAFETY: flock(2) on an fd we own.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == -1 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(dir))
+}
+
+/// The base `smx-KEY` in `own`, made and locked: `Ok(None)` without a writable hierarchy,
+/// `Err(base)` if a live instance with the same key holds it (nothing is touched then).
+fn make_base(own: &Path, key: &str) -> Result<Option<(PathBuf, std::fs::File)>, PathBuf> {
     let base = own.join(format!("smx-{key}"));
     if base.exists() {
+        // Held for the length of the cleanup: a third instance waits its turn.
+        let _old = match lock_dir(&base) {
+            Ok(Some(l)) => Some(l),
+            Ok(None) => return Err(base),
+            Err(e) => {
+                tracing::warn!(cgroup = %base.display(), "cannot lock: {e}");
+                None
+            }
+        };
         let n = count_procs(&base);
         tracing::warn!(cgroup = %base.display(), processes = n, "ending what an earlier instance left");
         remove_tree(&base);
@@ -295,11 +338,18 @@ fn make_base(own: &Path, key: &str) -> Option<PathBuf> {
             }
         }
     }
-    match std::fs::create_dir(&base) {
-        Ok(()) => Some(base),
+    if let Err(e) = std::fs::create_dir(&base) {
+        tracing::info!(cgroup = %own.display(), "no writable cgroup v2 ({e}): containment by process groups and subreapers only");
+        return Ok(None);
+    }
+    match lock_dir(&base) {
+        Ok(Some(lock)) => Ok(Some((base, lock))),
+        // Made by us a moment ago and locked by another already: theirs.
+        Ok(None) => Err(base),
         Err(e) => {
-            tracing::info!(cgroup = %own.display(), "no writable cgroup v2 ({e}): containment by process groups and subreapers only");
-            None
+            tracing::warn!(cgroup = %base.display(), "cannot lock: {e}; containment by process groups and subreapers only");
+            let _ = std::fs::remove_dir(&base);
+            Ok(None)
         }
     }
 }

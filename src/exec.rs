@@ -601,7 +601,93 @@ static CGROUP_POOL: Mutex<Vec<crate::contain::Cgroup>> = Mutex::new(Vec::new());
 /// Empty cgroups kept, at most.
 const CGROUP_POOL_MAX: usize = 64;
 
+/// What a sweep for strays spares: the cgroups of live runs, and the scripts (process
+/// group leaders) that run without one. Anything else in the runs' cgroup directory is a
+/// process that moved itself out of its run's cgroup (the directory is delegated to the
+/// scripts' own user, so the kernel lets it) and would otherwise outlive its run.
+#[derive(Default)]
+struct Live {
+    cgroups: std::collections::HashSet<PathBuf>,
+    uncontained: std::collections::HashSet<i32>,
+}
+
+static LIVE: std::sync::LazyLock<Mutex<Live>> = std::sync::LazyLock::new(Mutex::default);
+
+/// The directory the runs' cgroups are made in (see [`run_cgroups`]), once known.
+static RUNS_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Kills what sits in the runs' cgroup directory outside every live run's cgroup: in the
+/// directory itself (but this runtime and live scripts without a cgroup), and, when it
+/// holds more cgroups than the live and kept ones, in every unknown one, which is then
+/// removed. Costs one small read per run end while no script misbehaves.
+fn sweep_strays() {
+    let Some(dir) = RUNS_DIR.get() else { return };
+    let live = LIVE.lock().expect("live lock");
+    let me = std::process::id() as i32;
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let group = crate::contain::stat_field(pid, 2);
+            if pid != me && !group.is_some_and(|g| live.uncontained.contains(&g)) {
+                tracing::info!(pid, "ended a process that left its run's cgroup");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let pool = CGROUP_POOL.lock().expect("pool lock");
+    let known = live.cgroups.len() + pool.len();
+    let descendants = std::fs::read_to_string(dir.join("cgroup.stat"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("nr_descendants "))
+                .and_then(|n| n.trim().parse::<usize>().ok())
+        })
+        .unwrap_or(0);
+    if descendants <= known {
+        return;
+    }
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir())
+            && !live.cgroups.contains(&path)
+            && !pool.iter().any(|c| c.path() == path)
+        {
+            tracing::info!(cgroup = %path.display(), "ended a cgroup no run made");
+            crate::contain::kill_tree(&path);
+            // Removed by a later sweep if its processes take longer to go.
+            let _ = std::fs::remove_dir(&path);
+        }
+    }
+}
+
 impl Contained {
+    fn new(run: RunId, pid: i32, cgroup: Option<crate::contain::Cgroup>) -> Contained {
+        let mut live = LIVE.lock().expect("live lock");
+        match &cgroup {
+            Some(cg) => live.cgroups.insert(cg.path().to_path_buf()),
+            None => live.uncontained.insert(pid),
+        };
+        Contained {
+            run,
+            pid,
+            cgroup,
+            froze: false,
+            ended: false,
+        }
+    }
+
+    /// This run no longer spares its cgroup or process group from [`sweep_strays`].
+    fn unregister(&self) {
+        let mut live = LIVE.lock().expect("live lock");
+        match &self.cgroup {
+            Some(cg) => live.cgroups.remove(cg.path()),
+            None => live.uncontained.remove(&self.pid),
+        };
+    }
+
     fn kill(&self) {
         crate::process::signal_group(self.pid as u32, nix::sys::signal::Signal::SIGKILL);
         match &self.cgroup {
@@ -612,6 +698,7 @@ impl Contained {
 
     async fn end(mut self) {
         self.ended = true;
+        self.unregister();
         crate::process::signal_group(self.pid as u32, nix::sys::signal::Signal::SIGKILL);
         let Some(cg) = self.cgroup.take() else {
             kill_orphans_of(self.run, self.pid);
@@ -622,10 +709,13 @@ impl Contained {
             let mut pool = CGROUP_POOL.lock().expect("pool lock");
             if pool.len() < CGROUP_POOL_MAX {
                 pool.push(cg);
+                drop(pool);
+                sweep_strays();
                 return;
             }
         }
         cg.remove().await;
+        sweep_strays();
     }
 
     fn freeze(&mut self, frozen: bool) {
@@ -641,9 +731,11 @@ impl Contained {
 impl Drop for Contained {
     fn drop(&mut self) {
         if !self.ended {
+            self.unregister();
             self.kill();
             if let Some(cg) = &self.cgroup {
                 let _ = std::fs::remove_dir(cg.path());
+                sweep_strays();
             }
         }
     }
@@ -737,10 +829,14 @@ impl SpawnContext {
                 CString::new(e).ok()
             })
             .collect();
+        let cgroups = run_cgroups();
+        if let Some((dir, _)) = &cgroups {
+            let _ = RUNS_DIR.set(dir.clone());
+        }
         SpawnContext {
             base_env,
             nofile: raise_nofile(),
-            cgroups: run_cgroups(),
+            cgroups,
         }
     }
 
@@ -748,8 +844,13 @@ impl SpawnContext {
     /// earlier run, else a new one.
     fn run_cgroup(&self, run: RunId) -> Option<crate::contain::Cgroup> {
         let (parent, _) = self.cgroups.as_ref()?;
-        if let Some(cg) = CGROUP_POOL.lock().expect("pool lock").pop() {
-            return Some(cg);
+        while let Some(cg) = CGROUP_POOL.lock().expect("pool lock").pop() {
+            // A process may have moved itself into a kept cgroup: not the next run's.
+            if cg.is_empty() {
+                return Some(cg);
+            }
+            crate::contain::kill_tree(cg.path());
+            let _ = std::fs::remove_dir(cg.path());
         }
         match crate::contain::Cgroup::create(parent.join(format!("run-{run}"))) {
             Ok(c) => Some(c),
@@ -859,13 +960,7 @@ impl SpawnContext {
             tracing::warn!(%run, "script did not join its cgroup: contained by process group");
         }
         let cgroup = cgroup.filter(|_| child.cgroup_joined);
-        let guard = Contained {
-            run,
-            pid: child.pid,
-            cgroup,
-            froze: false,
-            ended: false,
-        };
+        let guard = Contained::new(run, child.pid, cgroup);
         drop((in_r, out_w, err_w, rep_w, procs));
         if let Some(rest) = rest {
             let mut stdin = tokio::net::unix::pipe::Sender::from_file(in_w)?;

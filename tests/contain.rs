@@ -484,3 +484,100 @@ async fn a_result_printed_just_before_exit_is_never_lost() {
     );
     h.shutdown().await;
 }
+
+/// A script whose `setsid` double-forked child moves itself from the run's cgroup up into
+/// the runtime's (delegated to the same user, so the kernel allows it) or into a cgroup it
+/// makes there, and clears its environment; the script prints where the child went. The
+/// child must still end with its run (RFC 3165 smRunState `terminated`), while the
+/// runtime lives on.
+fn cgroup_escaper(mark: &str, how: &str) -> String {
+    format!(
+        "#!/bin/bash\n\
+         mnt=$(grep -m1 ' - cgroup2 ' /proc/self/mountinfo | cut -d' ' -f5)\n\
+         cg=$(sed -n 's/^0:://p' /proc/self/cgroup)\n\
+         up=\"$mnt${{cg%/*}}\"\n\
+         {how}\n\
+         (setsid bash -c \"echo \\$\\$ > '$dest/cgroup.procs' && exec env -i bash -c 'exec -a {mark} sleep 1000'\" </dev/null >/dev/null 2>&1 &)\n\
+         while ! pgrep -f '^{mark}' >/dev/null; do sleep 0.02; done\n\
+         sed -n 's/^0:://p' /proc/$(pgrep -f '^{mark}')/cgroup\n"
+    )
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_child_that_moves_out_of_its_run_cgroup_still_ends_with_the_run() {
+    need_root!(CGROUPS);
+    let h = host("");
+    for (name, how) in [
+        ("up.sh", "dest=$up"),
+        ("sibling.sh", "dest=$up/evil-$$; mkdir \"$dest\""),
+    ] {
+        let m = mark();
+        let s = install(&h, name, &cgroup_escaper(&m, how), true);
+        let run = h.launch(request(&s, Some("exec"))).unwrap();
+        let info = finish(&h, run, 20).await;
+        assert_eq!(info.exit_code, ExitCode::NoError, "{name}: {}", info.error);
+        // The script printed the cgroup its child had moved to.
+        let moved = String::from_utf8_lossy(info.result.as_bytes()).into_owned();
+        let last = moved.rsplit('/').next().unwrap_or_default();
+        assert!(
+            !moved.is_empty() && !last.starts_with("run-"),
+            "{name}: the child left its run's cgroup: {moved:?}"
+        );
+        none_left(&m, &format!("{name}: a normal end, the runtime still up")).await;
+    }
+    h.shutdown().await;
+}
+
+/// A daemon whose socket file went (a tmp cleaner, an operator's `rm`) is still alive, and
+/// its runs with it: a second daemon started on the same path must not take it for a dead
+/// predecessor and kill its runtimes and scripts through their cgroups; it refuses to start.
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_second_daemon_on_the_same_socket_leaves_the_live_first_ones_runs_alone() {
+    need_root!(CGROUPS);
+    let dir = tempfile::tempdir().unwrap();
+    let m = mark();
+    let script = script_file(
+        dir.path(),
+        "sleeper.sh",
+        &format!("#!/bin/bash\nexec -a {m} sleep 1000\n"),
+    );
+    let mut first = daemon(dir.path());
+    let mut client = smx_run_daemon(dir.path(), &script);
+    wait_marked(&m, 1).await;
+    std::fs::remove_file(dir.path().join("smx.sock")).unwrap();
+    let config = dir.path().join("smx.toml");
+    let second = Command::new(smx_bin())
+        .arg("daemon")
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(dir.path().join("smx.sock"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a second smx daemon");
+    let out = tokio::task::spawn_blocking(move || second.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let alive = marked(&m)
+        .into_iter()
+        .filter(|&p| smx::process::proc_state(p).is_some_and(|s| s != 'Z'))
+        .count();
+    let _ = client.kill();
+    let _ = client.wait();
+    signal(first.id() as i32, nix::sys::signal::Signal::SIGTERM);
+    first.wait().unwrap();
+    assert_eq!(
+        alive, 1,
+        "the first daemon's script survives a second daemon's start"
+    );
+    assert!(!out.status.success(), "the second daemon refuses to start");
+    assert!(stderr.contains("still running"), "it says why: {stderr}");
+    none_left(&m, "the first daemon's SIGTERM").await;
+}

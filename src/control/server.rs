@@ -50,6 +50,13 @@ pub enum DaemonError {
     #[error("another smx daemon is already listening on {0}")]
     AlreadyRunning(PathBuf),
     #[error(
+        "an smx daemon started on {} is still running (its socket file was removed; its \
+         processes are in cgroup {}): stop it first, or choose another --socket",
+        socket.display(),
+        cgroup.display()
+    )]
+    StillRunning { socket: PathBuf, cgroup: PathBuf },
+    #[error(
         "control socket {path}: it exists and is {kind}, not a socket; not replacing it \
          (remove it or choose another --socket)"
     )]
@@ -170,6 +177,12 @@ pub async fn run(
     // Only now, with the socket ours: an earlier instance on it is dead, and what it left
     // running is ended (crate::contain).
     let level = crate::contain::init_host(&crate::contain::key_for(&socket));
+    if let crate::contain::HostLevel::Taken(cgroup) = level {
+        // The socket just bound is ours; the rest belongs to the live one.
+        drop(listener);
+        let _ = std::fs::remove_file(&socket);
+        return Err(DaemonError::StillRunning { socket, cgroup });
+    }
     tracing::info!(?level, "process containment");
     crate::contain::spawn_orphan_reaper();
     let store = match &config.host.state_dir {
