@@ -241,6 +241,29 @@ static SPAWNED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
 /// Orphans the host adopted, and when it first saw each.
 static ORPHANS: Mutex<Option<HashMap<i32, std::time::Instant>>> = Mutex::new(None);
 
+/// Kills and removes every cgroup `<prefix><pid>` in `parent` whose pid is gone: what a
+/// host or exec runtime killed with SIGKILL left (its escaped processes included). A
+/// live pid's cgroup is left alone, even if the pid was reused by another process.
+pub fn sweep_dead(parent: &Path, prefix: &str) {
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!(cgroup = %e.path().display(), "removing what a dead instance left");
+            remove_tree(&e.path());
+        }
+    }
+}
+
 /// How long an orphan of a dead runtime may finish by itself before it is killed: a
 /// runtime's own watchdog (the Python runtime's removes its temp directories when the
 /// runtime is gone) needs a moment, a script's leftover gets no more than that.
@@ -323,21 +346,7 @@ fn make_base(own: &Path, key: &str) -> Result<Option<(PathBuf, std::fs::File)>, 
         remove_tree(&base);
     }
     // `smx run` hosts that died without cleaning up.
-    if let Ok(rd) = std::fs::read_dir(own) {
-        for e in rd.flatten() {
-            let name = e.file_name();
-            let Some(pid) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("smx-run-"))
-                .and_then(|p| p.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                remove_tree(&e.path());
-            }
-        }
-    }
+    sweep_dead(own, "smx-run-");
     if let Err(e) = std::fs::create_dir(&base) {
         tracing::info!(cgroup = %own.display(), "no writable cgroup v2 ({e}): containment by process groups and subreapers only");
         return Ok(None);

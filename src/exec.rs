@@ -1014,6 +1014,8 @@ fn run_cgroups() -> Option<(PathBuf, bool)> {
         return dir.is_dir().then_some((dir, false));
     }
     let own = crate::contain::own_cgroup()?;
+    // Exec runtimes killed outright (a test's host gone, SIGKILL) leave theirs behind.
+    crate::contain::sweep_dead(&own, "smx-exec-");
     let dir = own.join(format!("smx-exec-{}", std::process::id()));
     match std::fs::create_dir(&dir) {
         Ok(()) => Some((dir, true)),

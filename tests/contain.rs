@@ -581,3 +581,57 @@ async fn a_second_daemon_on_the_same_socket_leaves_the_live_first_ones_runs_alon
     assert!(stderr.contains("still running"), "it says why: {stderr}");
     none_left(&m, "the first daemon's SIGTERM").await;
 }
+
+/// An exec runtime killed outright leaves its `smx-exec-<pid>` cgroup tree, and in it
+/// whatever had escaped its runs' process groups. The next exec runtime to start in the
+/// same cgroup ends those processes and removes the tree; a live runtime's tree is not
+/// touched (RFC 3179 section 3: a script's processes end with its run).
+#[test]
+#[ignore = "needs root"]
+fn an_exec_runtime_ends_what_a_dead_one_left_in_its_cgroups() {
+    need_root!(CGROUPS);
+    let own = smx::contain::own_cgroup().expect("a cgroup v2 hierarchy");
+    let pid_max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let dead = own.join(format!("smx-exec-{}", pid_max + 1));
+    let run_cg = dead.join("run-1");
+    std::fs::create_dir_all(&run_cg).expect("cgroups writable");
+    let m = mark();
+    let mut leftover = Command::new("bash")
+        .args(["-c", &format!("exec -a {m}-left sleep 1000")])
+        .spawn()
+        .unwrap();
+    std::fs::write(run_cg.join("cgroup.procs"), leftover.id().to_string()).unwrap();
+    let mut rt = Command::new(smx_bin())
+        .arg("exec-runtime")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = rt.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"hello 1\r\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(rt.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("211 1"), "{line}");
+    let mine = own.join(format!("smx-exec-{}", rt.id()));
+    let t = Instant::now();
+    while (dead.exists() || !marked(&m).is_empty()) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = leftover.try_wait();
+    assert!(!dead.exists(), "{} removed", dead.display());
+    assert!(marked(&m).is_empty(), "the leftover process was ended");
+    assert!(
+        mine.is_dir(),
+        "the live runtime's own {} stays",
+        mine.display()
+    );
+    drop(stdin);
+    let _ = rt.wait();
+    let _ = leftover.wait();
+}
