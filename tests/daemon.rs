@@ -2432,8 +2432,13 @@ async fn suspend_holds_under_cpu_load() {
 }
 
 /// Stopped, or about to be: state `T`, or `D` (a vfork() parent whose child was stopped)
-/// with SIGSTOP pending, which it acts on before running any code of its own.
+/// with SIGSTOP pending, which it acts on before running any code of its own; or in a
+/// frozen cgroup v2 (where the exec runtime suspends a run with `cgroup.freeze`, a frozen
+/// task shows `S` and runs no code until thawed).
 fn stopped(pid: u32) -> bool {
+    if in_frozen_cgroup(pid) {
+        return true;
+    }
     match common::proc_state(pid) {
         Some('T' | 't') => true,
         Some('D') => {
@@ -2450,6 +2455,33 @@ fn stopped(pid: u32) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether `pid` is in a cgroup v2 whose `cgroup.events` says `frozen 1`.
+fn in_frozen_cgroup(pid: u32) -> bool {
+    let Some(cg) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        })
+    else {
+        return false;
+    };
+    let Some(mount) = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                let (pre, post) = l.split_once(" - ")?;
+                (post.split(' ').next()? == "cgroup2")
+                    .then(|| pre.split(' ').nth(4).map(std::path::PathBuf::from))?
+            })
+        })
+    else {
+        return false;
+    };
+    std::fs::read_to_string(mount.join(cg.trim_start_matches('/')).join("cgroup.events"))
+        .is_ok_and(|e| e.lines().any(|l| l == "frozen 1"))
 }
 
 /// Passive `wait`s have their own quota: 1030 of them pending on one connection neither
