@@ -352,13 +352,48 @@ fn make_base(own: &Path, key: &str) -> Result<Option<(PathBuf, std::fs::File)>, 
         return Ok(None);
     }
     match lock_dir(&base) {
-        Ok(Some(lock)) => Ok(Some((base, lock))),
+        Ok(Some(lock)) => {
+            sweep_abandoned_bases(own, &base);
+            Ok(Some((base, lock)))
+        }
         // Made by us a moment ago and locked by another already: theirs.
         Ok(None) => Err(base),
         Err(e) => {
             tracing::warn!(cgroup = %base.display(), "cannot lock: {e}; containment by process groups and subreapers only");
             let _ = std::fs::remove_dir(&base);
             Ok(None)
+        }
+    }
+}
+
+/// Removes the empty daemon bases (`smx-daemon-*`) that no live daemon holds and that are
+/// older than a few seconds: daemons killed with SIGKILL and never started again on their
+/// socket path would otherwise leave one empty cgroup each, for good. A base with
+/// processes in it is left for a daemon on its own socket path to end (it logs them).
+fn sweep_abandoned_bases(own: &Path, ours: &Path) {
+    const MIN_AGE: Duration = Duration::from_secs(10);
+    let Ok(rd) = std::fs::read_dir(own) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let path = e.path();
+        let old_enough = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= MIN_AGE));
+        if path == ours
+            || !e.file_name().to_string_lossy().starts_with("smx-daemon-")
+            || !old_enough
+            || count_procs(&path) > 0
+        {
+            continue;
+        }
+        // Held while it is removed; a live daemon holds its own for its whole life.
+        if let Ok(Some(_held)) = lock_dir(&path) {
+            for dir in subtree(&path) {
+                let _ = std::fs::remove_dir(&dir);
+            }
+            tracing::debug!(cgroup = %path.display(), "removed an abandoned daemon cgroup base");
         }
     }
 }

@@ -635,3 +635,57 @@ fn an_exec_runtime_ends_what_a_dead_one_left_in_its_cgroups() {
     let _ = rt.wait();
     let _ = leftover.wait();
 }
+
+/// A daemon killed with SIGKILL and never started again on its socket path leaves an empty
+/// `smx-daemon-*` cgroup base; the next daemon (on any socket) removes such bases once no
+/// live daemon holds them and they are older than a few seconds, and leaves alone one
+/// that a live process holds and one just made.
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_daemon_removes_empty_bases_that_dead_daemons_left() {
+    use std::os::fd::AsRawFd;
+    need_root!(CGROUPS);
+    let own = smx::contain::own_cgroup().expect("a cgroup v2 hierarchy");
+    let tag: u64 = rand::random();
+    let make = |what: &str, aged: bool| {
+        let p = own.join(format!("smx-daemon-test-{what}-{tag:016x}"));
+        std::fs::create_dir_all(p.join("rt-1")).expect("cgroups writable");
+        if aged {
+            let ok = Command::new("touch")
+                .args(["-d", "1 hour ago"])
+                .arg(&p)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "touch -d {}", p.display());
+        }
+        p
+    };
+    let abandoned = make("abandoned", true);
+    let fresh = make("fresh", false);
+    let held = make("held", true);
+    let lock = std::fs::File::open(&held).unwrap();
+    // SAFETY: flock(2) on an fd we own.
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(dir.path());
+    let t = Instant::now();
+    while abandoned.exists() && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (abandoned_gone, fresh_kept, held_kept) =
+        (!abandoned.exists(), fresh.exists(), held.exists());
+    signal(d.id() as i32, nix::sys::signal::Signal::SIGTERM);
+    d.wait().unwrap();
+    drop(lock);
+    for p in [&fresh, &held] {
+        let _ = std::fs::remove_dir(p.join("rt-1"));
+        let _ = std::fs::remove_dir(p);
+    }
+    assert!(abandoned_gone, "{} removed", abandoned.display());
+    assert!(fresh_kept, "a base made a moment ago is kept");
+    assert!(held_kept, "a base a live process holds is kept");
+}
