@@ -33,9 +33,9 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("smx.sock");
         let config = dir.path().join("smx.toml");
-        let fake = |name: &str, suspend: &str| {
+        let fake = |name: &str, suspend: &str, resume: &str| {
             format!(
-                "[[runtime]]\nname = {name:?}\ncommand = [\"python3\", {:?}, \"--suspend\", {suspend:?}]\n\
+                "[[runtime]]\nname = {name:?}\ncommand = [\"python3\", {:?}, \"--suspend\", {suspend:?}, \"--resume\", {resume:?}]\n\
                  extensions = []\nprofiles = [\"trusted\"]\n",
                 fixture("fake_runtime.py")
             )
@@ -44,12 +44,13 @@ impl Daemon {
             &config,
             format!(
                 "[host]\nstorage = {:?}\nhello_timeout = \"10s\"\ncommand_timeout = \"5s\"\n\
-                 {}{}\
+                 {}{}{}\
                  [[os_profile]]\nname = \"self\"\nuser = {me:?}\n\
                  [[owner]]\nname = {me:?}\nos_profile = \"self\"\nruntime_profile = \"trusted\"\n",
                 dir.path().join("storage").display().to_string(),
-                fake("suspends", "ok"),
-                fake("refuses", "refuse"),
+                fake("suspends", "ok", "ok"),
+                fake("refuses", "refuse", "ok"),
+                fake("stays-suspended", "ok", "refuse"),
                 me = me(),
             ),
         )
@@ -110,8 +111,12 @@ impl Drop for Daemon {
 }
 
 fn smx_suspend(socket: &Path, run: RunId) -> std::process::Output {
+    smx_control("suspend", socket, run)
+}
+
+fn smx_control(verb: &str, socket: &Path, run: RunId) -> std::process::Output {
     Command::new(smx_bin())
-        .args(["suspend", &run.to_string(), "--socket"])
+        .args([verb, &run.to_string(), "--socket"])
         .arg(socket)
         .env_remove("SMX_SOCKET")
         .output()
@@ -144,6 +149,31 @@ async fn smx_suspend_says_when_the_runtime_answers_434() {
             && err.contains("could not suspend")
             && err.contains("434")
             && err.contains("executing"),
+        "{err}"
+    );
+}
+
+/// RFC 3179 6.2.5: a runtime that answers `resume` with 434 leaves the run suspended;
+/// `smx resume` says so and exits 1, as `smx suspend` does for its 434.
+#[tokio::test]
+#[ignore = "needs root: every daemon owner maps to an OS profile, whose identity change (setgroups) only root may make"]
+async fn smx_resume_says_when_the_runtime_answers_434() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (run as root, or leave out --include-ignored)"
+    );
+    let d = Daemon::start();
+    let run = d.executing_run("stays-suspended").await;
+    let o = smx_suspend(&d.socket, run);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let o = smx_control("resume", &d.socket, run);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        err.contains(&format!("run {run}"))
+            && err.contains("could not resume")
+            && err.contains("434")
+            && err.contains("suspended"),
         "{err}"
     );
 }

@@ -209,6 +209,13 @@ pub async fn control(sock: SocketArg, run: RunId, what: Control) -> Result<ExitC
             r.run_id
         );
         return Ok(ExitCode::from(super::EXIT_SMX_ERROR));
+    } else if matches!(what, Control::Resume) && r.state == smx::proto::RunState::Suspended {
+        // The same for resume (RFC 3179 6.2.5): a 434 leaves the run suspended.
+        eprintln!(
+            "smx: run {}: the runtime could not resume it (434 unable to change the status of a running script); it is still suspended",
+            r.run_id
+        );
+        return Ok(ExitCode::from(super::EXIT_SMX_ERROR));
     } else {
         println!("run {}: {}", r.run_id, r.state);
     }
