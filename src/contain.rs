@@ -23,12 +23,17 @@ use std::time::Duration;
 /// The cgroup this process is in, as a directory of the first cgroup v2 mount, if there
 /// is one (a hybrid or pure v2 machine; a v1-only one has none).
 pub fn own_cgroup() -> Option<PathBuf> {
+    cgroup_of("self")
+}
+
+/// The cgroup v2 directory of process `pid` (a number, or `self`), as [`own_cgroup`].
+pub fn cgroup_of(pid: &str) -> Option<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mount = mountinfo.lines().find_map(|l| {
         let (pre, post) = l.split_once(" - ")?;
         (post.split(' ').next()? == "cgroup2").then(|| pre.split(' ').nth(4).map(PathBuf::from))?
     })?;
-    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let rel = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
     Some(mount.join(rel.trim_start_matches('/')))
 }

@@ -197,14 +197,7 @@ async fn an_unterminated_report_cut_by_a_kill_is_not_a_result() {
 
 /// The cgroup v2 directory a process is in, if any.
 fn cgroup_of(pid: i32) -> Option<PathBuf> {
-    let rel = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let rel = rel.lines().find_map(|l| l.strip_prefix("0::"))?.to_owned();
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mount = mountinfo.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        (post.split(' ').next()? == "cgroup2").then(|| pre.split(' ').nth(4).map(PathBuf::from))?
-    })?;
-    Some(mount.join(rel.trim_start_matches('/')))
+    smx::contain::cgroup_of(&pid.to_string())
 }
 
 #[tokio::test]

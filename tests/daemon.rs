@@ -2459,29 +2459,10 @@ fn stopped(pid: u32) -> bool {
 
 /// Whether `pid` is in a cgroup v2 whose `cgroup.events` says `frozen 1`.
 fn in_frozen_cgroup(pid: u32) -> bool {
-    let Some(cg) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-        })
-    else {
-        return false;
-    };
-    let Some(mount) = std::fs::read_to_string("/proc/self/mountinfo")
-        .ok()
-        .and_then(|m| {
-            m.lines().find_map(|l| {
-                let (pre, post) = l.split_once(" - ")?;
-                (post.split(' ').next()? == "cgroup2")
-                    .then(|| pre.split(' ').nth(4).map(std::path::PathBuf::from))?
-            })
-        })
-    else {
-        return false;
-    };
-    std::fs::read_to_string(mount.join(cg.trim_start_matches('/')).join("cgroup.events"))
-        .is_ok_and(|e| e.lines().any(|l| l == "frozen 1"))
+    smx::contain::cgroup_of(&pid.to_string()).is_some_and(|cg| {
+        std::fs::read_to_string(cg.join("cgroup.events"))
+            .is_ok_and(|e| e.lines().any(|l| l == "frozen 1"))
+    })
 }
 
 /// Passive `wait`s have their own quota: 1030 of them pending on one connection neither
