@@ -298,12 +298,7 @@ pub async fn serve(opts: Options) -> io::Result<()> {
                     by_pid.retain(|_, r| runs.contains_key(r));
                 }
             },
-            Some(()) = async {
-                match sigchld.as_mut() {
-                    Some(s) => s.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => reap(&mut runs, &mut by_pid),
+            Some(()) = next_sigchld(&mut sigchld) => reap(&mut runs, &mut by_pid),
         }
     }
     // The channel closed: the host asks us to terminate every run and exit (RFC 3179 5.2).
@@ -321,12 +316,7 @@ pub async fn serve(opts: Options) -> io::Result<()> {
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break,
             },
-            Some(()) = async {
-                match sigchld.as_mut() {
-                    Some(s) => s.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => reap(&mut runs, &mut by_pid),
+            Some(()) = next_sigchld(&mut sigchld) => reap(&mut runs, &mut by_pid),
         }
     }
     // Runs still going after the deadline are dropped (their scripts killed on drop).
@@ -335,6 +325,14 @@ pub async fn serve(opts: Options) -> io::Result<()> {
     drop(out_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     Ok(())
+}
+
+/// The next SIGCHLD; never, without a SIGCHLD stream.
+async fn next_sigchld(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 type Input = Box<dyn AsyncRead + Send + Unpin>;
